@@ -1,0 +1,99 @@
+"""The `callbox-server` command: parse options, run the server until SIGINT or SIGTERM, exit 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+
+from shared import __version__
+
+from .hub import HubConfig
+from .transport import SignalingServer
+
+
+def _positive(kind: type) -> callable:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="callbox-server", description="Callbox signaling server.")
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
+    ap.add_argument("--port", type=_positive(int), default=8765, help="port; 0 picks a free one (default 8765)")
+    ap.add_argument("--token", help="shared secret every client must send in hello")
+    ap.add_argument("--cert", help="TLS certificate (PEM) to serve wss://")
+    ap.add_argument("--key", help="TLS private key (PEM) for --cert")
+    ap.add_argument("--ping-interval", type=_positive(float), default=10.0, metavar="S",
+                    help="seconds between keepalive pings (default 10)")
+    ap.add_argument("--ping-timeout", type=_positive(float), default=10.0, metavar="S",
+                    help="seconds to wait for a pong before dropping the peer (default 10)")
+    ap.add_argument("--resume-grace", type=_positive(float), default=30.0, metavar="S",
+                    help="seconds a dropped user may come back and resume (default 30)")
+    ap.add_argument("--ring-timeout", type=_positive(float), default=45.0, metavar="S",
+                    help="seconds an unanswered call rings (default 45)")
+    ap.add_argument("--rate-limit", type=_positive(float), default=100.0, metavar="N",
+                    help="messages a second one connection may send (default 100)")
+    ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--version", action="version", version=f"callbox-server {__version__}")
+    return ap
+
+
+def make_server(args: argparse.Namespace) -> SignalingServer:
+    context = None
+    if args.cert or args.key:
+        if not (args.cert and args.key):
+            raise SystemExit("callbox-server: --cert and --key go together")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(args.cert, args.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SystemExit(f"callbox-server: cannot load the certificate or key: {exc}") from None
+    config = HubConfig(
+        token=args.token,
+        resume_grace=args.resume_grace,
+        ring_timeout=args.ring_timeout,
+        ping_interval=args.ping_interval,
+        rate=args.rate_limit,
+        burst=max(2 * args.rate_limit, 1),
+    )
+    return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
+                           ssl_context=context, compression=args.deflate)
+
+
+async def run(server: SignalingServer) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    server = make_server(args)
+    try:
+        asyncio.run(run(server))
+    except OSError as exc:
+        print(f"callbox-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

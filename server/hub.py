@@ -1,0 +1,546 @@
+"""The signaling hub: sessions, presence, channels and calls as pure state; frames and times in, actions out."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field
+
+from shared import __version__
+from shared import protocol as p
+from shared.calls import Call, Event, IllegalTransition, State
+
+log = logging.getLogger("callbox.hub")
+
+Conn = Hashable  # whatever the transport uses to name a connection
+
+# Close codes the hub asks for.
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL = 1002
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_REPLACED = 4000  # a resumed connection took this one's place
+
+
+# ---- what the hub asks the transport to do, in order ----
+
+
+@dataclass(frozen=True)
+class Send:
+    conn: Conn
+    text: str
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    conns: tuple[Conn, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class Close:
+    conn: Conn
+    code: int
+    reason: str
+
+
+Action = Send | Broadcast | Close
+
+
+@dataclass
+class HubConfig:
+    token: str | None = None
+    resume_grace: float = 30.0
+    ring_timeout: float = 45.0
+    ping_interval: float = 10.0
+    queue_limit: int = 1000  # directed messages held for a user who is reconnecting
+    rate: float = 100.0  # messages per second a connection may send, sustained
+    burst: float = 200.0  # ... and in one burst
+    flood_limit: int = 200  # messages refused in one flood before the connection is closed
+    channels_per_user: int = 50
+    version: str = __version__
+
+
+@dataclass
+class _ConnState:
+    tokens: float
+    last: float
+    user: str | None = None
+    closing: bool = False
+    refused: int = 0  # messages refused by the rate limit in the current flood
+    last_refused: float = 0.0
+
+
+@dataclass
+class Session:
+    user_id: str
+    display_name: str
+    resume_token: str
+    conn: Conn | None
+    deadline: float | None = None  # when a reconnecting session goes offline
+    queue: deque[str] = field(default_factory=deque)
+    channels: set[str] = field(default_factory=set)
+    status: str = "online"  # the status last announced
+
+
+@dataclass
+class _Claim:
+    """One side of a call that a restarted server is asked to restore (hello.calls)."""
+
+    user: str
+    peer: str
+    media: tuple[str, ...]
+    deadline: float
+
+
+class Hub:
+    def __init__(self, config: HubConfig | None = None, *, wall: Callable[[], float] = time.time):
+        self.config = config or HubConfig()
+        self.wall = wall
+        self.conns: dict[Conn, _ConnState] = {}
+        self.sessions: dict[str, Session] = {}
+        self.calls: dict[str, Call] = {}
+        self.call_deadlines: dict[str, float] = {}
+        self.channels: dict[str, set[str]] = {}
+        self.claims: dict[str, _Claim] = {}
+        self._out: list[Action] = []
+
+    # ---------------------------------------------------------------- events in
+
+    def open(self, conn: Conn, now: float) -> list[Action]:
+        self.conns[conn] = _ConnState(tokens=self.config.burst, last=now)
+        return []
+
+    def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
+        cs = self.conns.get(conn)
+        if cs is None or cs.closing:
+            return []
+        self._out = []
+        if self._rate_limited(conn, cs, now):
+            return self._take()
+        if _too_big(raw):
+            size = len(raw.encode() if isinstance(raw, str) else raw)
+            self._error(conn, p.BAD_MESSAGE, f"message is {size} bytes; the limit is {p.MAX_MESSAGE_BYTES}")
+            self._close(conn, CLOSE_TOO_BIG, "message too big")
+            return self._take()
+        try:
+            msg = p.decode(raw, allowed=p.CLIENT_TYPES)
+        except p.ProtocolError as exc:
+            self._error(conn, exc.code, str(exc), exc.ref)
+            if cs.user is None:
+                self._close(conn, CLOSE_POLICY, "the first message must be a valid hello")
+            return self._take()
+        if cs.user is None:
+            if isinstance(msg, p.Hello):
+                self._hello(conn, msg, now)
+            else:
+                self._error(conn, p.NOT_AUTHENTICATED, f"send hello before '{msg.type}'", msg.type)
+                self._close(conn, CLOSE_POLICY, "not authenticated")
+            return self._take()
+        self._dispatch(cs.user, conn, msg, now)
+        return self._take()
+
+    def close(self, conn: Conn, now: float) -> list[Action]:
+        """The transport lost this connection, however it went."""
+        cs = self.conns.pop(conn, None)
+        self._out = []
+        if cs is None or cs.user is None:
+            return []
+        s = self.sessions.get(cs.user)
+        if s is None or s.conn != conn:
+            return []  # already replaced by a resumed connection, or already gone
+        s.conn = None
+        if self.config.resume_grace <= 0:
+            self._drop_session(s, now)
+        else:
+            s.deadline = now + self.config.resume_grace
+            self._refresh(s)
+        return self._take()
+
+    def expire(self, now: float) -> list[Action]:
+        """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims."""
+        self._out = []
+        for call_id, deadline in list(self.call_deadlines.items()):
+            call = self.calls.get(call_id)
+            if deadline <= now and call is not None and call.state is State.RINGING:
+                call.apply(Event.TIMEOUT, now=now, reason="no_answer")
+                for user in call.parties():
+                    self._to_user(user, p.CallEnded(call_id=call_id, sender=call.peer_of(user), reason="no_answer"))
+                self._forget_call(call)
+        for s in list(self.sessions.values()):
+            if s.deadline is not None and s.deadline <= now and s.conn is None:
+                self._drop_session(s, now)
+        for call_id, claim in list(self.claims.items()):
+            if claim.deadline <= now:
+                del self.claims[call_id]
+        return self._take()
+
+    def next_deadline(self) -> float | None:
+        times = [d for d in self.call_deadlines.values()]
+        times += [s.deadline for s in self.sessions.values() if s.deadline is not None]
+        times += [c.deadline for c in self.claims.values()]
+        return min(times, default=None)
+
+    # ---------------------------------------------------------------- queries
+
+    def status(self, user_id: str) -> str:
+        s = self.sessions.get(user_id)
+        return "offline" if s is None else self._derive_status(s)
+
+    def call_of(self, user_id: str) -> Call | None:
+        """The established call this user is in, if any."""
+        return next((c for c in self.calls.values() if c.established and c.involves(user_id)), None)
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the state is inconsistent. Used by the property tests."""
+        for uid, s in self.sessions.items():
+            assert s.user_id == uid
+            if s.conn is None:
+                assert s.deadline is not None, f"ghost user {uid}: no connection and no deadline"
+            else:
+                assert self.conns[s.conn].user == uid, f"session {uid} points at a connection of someone else"
+            for ch in s.channels:
+                assert uid in self.channels[ch]
+        for conn, cs in self.conns.items():
+            if cs.user is not None and not cs.closing:
+                assert self.sessions[cs.user].conn == conn
+        established: dict[str, str] = {}
+        for call_id, c in self.calls.items():
+            assert c.live, f"ended call {call_id} kept"
+            assert c.caller != c.callee
+            for u in c.parties():
+                assert u in self.sessions, f"ghost call {call_id}: {u} is gone"
+                if c.established:
+                    assert u not in established, f"{u} is in two established calls"
+                    established[u] = call_id
+            assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
+        for ch, members in self.channels.items():
+            assert members, f"empty channel {ch} kept"
+            for u in members:
+                assert ch in self.sessions[u].channels
+
+    # ---------------------------------------------------------------- session
+
+    def _hello(self, conn: Conn, msg: p.Hello, now: float) -> None:
+        cfg = self.config
+        if msg.protocol != p.PROTOCOL_VERSION:
+            self._error(conn, p.UNSUPPORTED_PROTOCOL,
+                        f"protocol {msg.protocol} is not supported; this server speaks {p.PROTOCOL_VERSION}", "hello")
+            self._close(conn, CLOSE_PROTOCOL, "unsupported protocol")
+            return
+        if cfg.token is not None and not hmac.compare_digest((msg.token or "").encode(), cfg.token.encode()):
+            why = "the token is wrong" if msg.token else "this server needs a token"
+            self._error(conn, p.AUTH_FAILED, why, "hello")
+            self._close(conn, CLOSE_POLICY, "authentication failed")
+            return
+        old = self.sessions.get(msg.user_id)
+        resuming = (
+            old is not None
+            and msg.resume_token is not None
+            and hmac.compare_digest(old.resume_token.encode(), msg.resume_token.encode())
+        )
+        if old is not None and not resuming:
+            if old.conn is not None:
+                self._error(conn, p.NAME_TAKEN, f"'{msg.user_id}' is already online; choose another user id", "hello")
+                return
+            self._drop_session(old, now)  # a stale session in its grace period gives way to a fresh login
+        cs = self.conns[conn]
+        cs.user = msg.user_id
+        if resuming:
+            s = old
+            if s.conn is not None:
+                replaced = s.conn
+                self.conns[replaced].user = None
+                self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
+            s.conn, s.deadline = conn, None
+            if msg.display_name != s.display_name:
+                s.display_name = msg.display_name
+                s.status = ""  # announce the new name with the status
+        else:
+            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn)
+            self.sessions[s.user_id] = s
+            s.status = ""
+        self._restore_calls(s, msg.calls, now)
+        self._send(conn, p.ConnectionEstablished(
+            user_id=s.user_id,
+            resume_token=s.resume_token,
+            users=tuple(self._info(o) for o in self.sessions.values() if o is not s),
+            server=p.ServerInfo(version=cfg.version, ping_interval=cfg.ping_interval,
+                                resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit),
+            resumed=resuming,
+        ))
+        while s.queue:
+            self._out.append(Send(conn, s.queue.popleft()))
+        self._refresh(s)
+
+    def _drop_session(self, s: Session, now: float) -> None:
+        """The user is gone for good: end its calls, leave its channels, announce it offline."""
+        del self.sessions[s.user_id]
+        for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
+            call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
+            peer = call.peer_of(s.user_id)
+            self._to_user(peer, p.CallEnded(call_id=call.call_id, sender=s.user_id, reason="peer_disconnected"))
+            self._forget_call(call)
+        for ch in list(s.channels):
+            self._leave_channel(s, ch)
+        if s.conn is not None:
+            self.conns[s.conn].user = None
+        for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
+            del self.claims[call_id]
+        self._announce(s, "offline")
+        log.info("user %s is offline", s.user_id)
+
+    def _restore_calls(self, s: Session, claimed: Iterable[p.ActiveCall], now: float) -> None:
+        """A client back after a server restart says which calls it is in; restore those both sides claim."""
+        for ac in claimed:
+            if ac.call_id in self.calls or ac.peer == s.user_id:
+                continue
+            other = self.claims.get(ac.call_id)
+            if other is not None and other.user == ac.peer and other.peer == s.user_id:
+                del self.claims[ac.call_id]
+                if ac.peer in self.sessions and self.call_of(ac.peer) is None and self.call_of(s.user_id) is None:
+                    call = Call(ac.call_id, caller=ac.peer, callee=s.user_id, media=ac.media)
+                    call.apply(Event.ACCEPT, now=now)
+                    self.calls[call.call_id] = call
+                    self._refresh(self.sessions[ac.peer])
+            else:
+                self.claims[ac.call_id] = _Claim(s.user_id, ac.peer, ac.media, now + self.config.resume_grace)
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _dispatch(self, user: str, conn: Conn, msg: p.Message, now: float) -> None:
+        if isinstance(msg, p.Relayed):
+            self._relay(user, conn, msg, now)
+        elif isinstance(msg, p.Join):
+            self._join(user, conn, msg)
+        elif isinstance(msg, p.Leave):
+            s = self.sessions[user]
+            if msg.channel not in s.channels:
+                self._error(conn, p.BAD_MESSAGE, f"you are not in channel '{msg.channel}'", msg.channel)
+            else:
+                self._leave_channel(s, msg.channel)
+                self._send(conn, p.Left(channel=msg.channel))
+        elif isinstance(msg, p.ChannelMessage):
+            members = self.channels.get(msg.channel, ())
+            if user not in members:
+                self._error(conn, p.BAD_MESSAGE, f"join channel '{msg.channel}' before sending to it", msg.channel)
+                return
+            out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
+            self._to_users(members, out)
+        elif isinstance(msg, p.Hello):
+            self._error(conn, p.BAD_MESSAGE, "hello was already received on this connection", "hello")
+        elif isinstance(msg, p.Bye):
+            self._drop_session(self.sessions[user], now)
+            self._close(conn, CLOSE_NORMAL, "bye")
+
+    def _join(self, user: str, conn: Conn, msg: p.Join) -> None:
+        s = self.sessions[user]
+        if msg.channel not in s.channels:
+            if len(s.channels) >= self.config.channels_per_user:
+                self._error(conn, p.BAD_MESSAGE,
+                            f"you are in {len(s.channels)} channels already; the limit is "
+                            f"{self.config.channels_per_user}", msg.channel)
+                return
+            members = self.channels.setdefault(msg.channel, set())
+            self._to_users(members, p.ChannelMember(channel=msg.channel, user_id=user, event="joined"))
+            members.add(user)
+            s.channels.add(msg.channel)
+        members = self.channels[msg.channel]
+        self._send(conn, p.Joined(channel=msg.channel,
+                                  members=tuple(self._info(self.sessions[u]) for u in sorted(members))))
+
+    def _leave_channel(self, s: Session, channel: str) -> None:
+        s.channels.discard(channel)
+        members = self.channels.get(channel)
+        if members is None:
+            return
+        members.discard(s.user_id)
+        if members:
+            self._to_users(members, p.ChannelMember(channel=channel, user_id=s.user_id, event="left"))
+        else:
+            del self.channels[channel]
+
+    # ---------------------------------------------------------------- calls
+
+    def _relay(self, user: str, conn: Conn, msg: p.Relayed, now: float) -> None:
+        if msg.to is None:
+            self._error(conn, p.BAD_MESSAGE, "field 'to' is missing", msg.type)
+            return
+        if isinstance(msg, p.CallIncoming):
+            self._call_incoming(user, conn, msg, now)
+            return
+        call = self.calls.get(msg.call_id)
+        if call is None or not call.involves(user) or call.peer_of(user) != msg.to:
+            self._error(conn, p.NOT_IN_CALL, f"you are not in call '{msg.call_id}' with '{msg.to}'", msg.call_id)
+            return
+        try:
+            if isinstance(msg, p.CallAccepted):
+                self._accept(user, conn, call, now)
+            elif isinstance(msg, p.CallRejected):
+                if user != call.callee:
+                    raise _Refused(p.INVALID_STATE, "only the callee can reject; the caller ends it with call_ended")
+                call.apply(Event.REJECT, now=now, reason=msg.reason)
+            elif isinstance(msg, p.CallEnded):
+                cancel = call.state is State.RINGING and user == call.caller
+                call.apply(Event.CANCEL if cancel else Event.HANGUP, now=now, reason=msg.reason)
+        except IllegalTransition as exc:
+            self._error(conn, p.INVALID_STATE, str(exc), call.call_id)
+            return
+        except _Refused as exc:
+            self._error(conn, exc.code, str(exc), call.call_id)
+            return
+        self._to_user(msg.to, msg.routed(user))
+        if not call.live:
+            self._forget_call(call)
+
+    def _accept(self, user: str, conn: Conn, call: Call, now: float) -> None:
+        if user != call.callee:
+            raise _Refused(p.INVALID_STATE, "only the callee can accept a call")
+        for party in call.parties():
+            other = self.call_of(party)
+            if other is not None and other is not call:
+                raise _Refused(p.BUSY, f"'{party}' is already in call '{other.call_id}'")
+        call.apply(Event.ACCEPT, now=now)
+        self.call_deadlines.pop(call.call_id, None)
+        for party in call.parties():
+            self._refresh(self.sessions[party])
+
+    def _call_incoming(self, user: str, conn: Conn, msg: p.CallIncoming, now: float) -> None:
+        callee = msg.to
+        if callee == user:
+            self._error(conn, p.BAD_MESSAGE, "you cannot call yourself", msg.call_id)
+            return
+        if msg.call_id in self.calls:
+            self._error(conn, p.BAD_MESSAGE, f"call_id '{msg.call_id}' is already in use", msg.call_id)
+            return
+        if callee not in self.sessions:
+            self._error(conn, p.USER_OFFLINE, f"'{callee}' is not online", msg.call_id)
+            return
+        if self._engaged(user, besides=callee):
+            self._error(conn, p.BUSY, "you are already in a call; hang up first", msg.call_id)
+            return
+        if self._engaged(callee, besides=user):
+            self._send(conn, p.CallRejected(call_id=msg.call_id, sender=callee, reason="busy"))
+            return
+        call = Call(msg.call_id, caller=user, callee=callee, media=msg.media)
+        call.history.append((State.RINGING, now))
+        self.calls[call.call_id] = call
+        self.call_deadlines[call.call_id] = now + self.config.ring_timeout
+        caller = self.sessions[user]
+        self._to_user(callee, p.CallIncoming(call_id=msg.call_id, media=msg.media, sender=user,
+                                             display_name=caller.display_name))
+
+    def _engaged(self, user: str, *, besides: str) -> bool:
+        """In an established call, or ringing with someone other than `besides` (glare with them is allowed)."""
+        return any(
+            c.involves(user) and (c.established or c.peer_of(user) != besides) for c in self.calls.values()
+        )
+
+    def _forget_call(self, call: Call) -> None:
+        self.calls.pop(call.call_id, None)
+        self.call_deadlines.pop(call.call_id, None)
+        for party in call.parties():
+            s = self.sessions.get(party)
+            if s is not None:
+                self._refresh(s)
+
+    # ---------------------------------------------------------------- presence
+
+    def _derive_status(self, s: Session) -> str:
+        if s.conn is None:
+            return "reconnecting"
+        return "in_call" if self.call_of(s.user_id) is not None else "online"
+
+    def _refresh(self, s: Session) -> None:
+        status = self._derive_status(s)
+        if status != s.status:
+            s.status = status
+            self._announce(s, status)
+
+    def _announce(self, s: Session, status: str) -> None:
+        msg = p.Presence(user_id=s.user_id, display_name=s.display_name, status=status).encode()
+        conns = tuple(o.conn for o in self.sessions.values() if o.conn is not None and o is not s)
+        if conns:
+            self._out.append(Broadcast(conns, msg))
+
+    def _info(self, s: Session) -> p.UserInfo:
+        return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s))
+
+    # ---------------------------------------------------------------- output
+
+    def _to_user(self, user: str, msg: p.Message) -> None:
+        """Deliver to a user now, or queue it while the user is reconnecting."""
+        s = self.sessions.get(user)
+        if s is None:
+            return
+        text = msg.encode()
+        if s.conn is not None:
+            self._out.append(Send(s.conn, text))
+        elif len(s.queue) < self.config.queue_limit:
+            s.queue.append(text)
+        else:
+            log.warning("queue for %s is full (%d); ending its session", user, len(s.queue))
+            s.deadline = float("-inf")  # the next expire() takes it offline
+
+    def _to_users(self, users: Iterable[str], msg: p.Message) -> None:
+        text = msg.encode()
+        conns = []
+        for u in users:
+            s = self.sessions[u]
+            if s.conn is not None:
+                conns.append(s.conn)
+            else:
+                self._to_user(u, msg)
+        if conns:
+            self._out.append(Broadcast(tuple(conns), text))
+
+    def _send(self, conn: Conn, msg: p.Message) -> None:
+        self._out.append(Send(conn, msg.encode()))
+
+    def _error(self, conn: Conn, code: str, message: str, ref: str | None = None) -> None:
+        self._send(conn, p.Error(code=code, message=message, ref=ref))
+
+    def _close(self, conn: Conn, code: int, reason: str) -> None:
+        cs = self.conns.get(conn)
+        if cs is not None:
+            cs.closing = True
+        self._out.append(Close(conn, code, reason))
+
+    def _take(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+    def _rate_limited(self, conn: Conn, cs: _ConnState, now: float) -> bool:
+        cfg = self.config
+        cs.tokens = min(cfg.burst, cs.tokens + (now - cs.last) * cfg.rate)
+        cs.last = now
+        if cs.tokens >= 1:
+            cs.tokens -= 1
+            if cs.refused and now - cs.last_refused > 5.0:
+                cs.refused = 0  # the flood is over
+            return False
+        cs.refused += 1
+        cs.last_refused = now
+        if cs.refused == 1:
+            self._error(conn, p.RATE_LIMITED, f"more than {cfg.rate:g} messages a second; this message was dropped")
+        elif cs.refused > cfg.flood_limit:
+            self._close(conn, CLOSE_POLICY, "rate limit exceeded")
+        return True
+
+
+class _Refused(Exception):
+    """A call message the hub refuses, with the wire error code to answer it with."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def _too_big(raw: str | bytes) -> bool:
+    if isinstance(raw, str):
+        return len(raw) * 4 > p.MAX_MESSAGE_BYTES and len(raw.encode()) > p.MAX_MESSAGE_BYTES
+    return len(raw) > p.MAX_MESSAGE_BYTES

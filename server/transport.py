@@ -1,0 +1,178 @@
+"""The websockets transport around the hub: sockets, keepalive, deadlines, and the one place that writes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Iterable
+from http import HTTPStatus
+
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from shared import __version__
+from shared.protocol import MAX_MESSAGE_BYTES
+
+from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
+
+log = logging.getLogger("callbox.server")
+
+# Frames up to this size reach the hub, which answers anything over MAX_MESSAGE_BYTES with an error
+# before closing with 1009; past it the websockets library closes with 1009 by itself.
+READ_LIMIT = 16 * MAX_MESSAGE_BYTES
+
+
+class SignalingServer:
+    """A Callbox signaling server. Embed it with `await start()` / `await stop()`, or run `callbox-server`."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        config: HubConfig | None = None,
+        ping_timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+        compression: bool = False,
+    ):
+        self.host = host
+        self.requested_port = port
+        self.hub = Hub(config or HubConfig())
+        self.ping_timeout = ping_timeout
+        self.ssl_context = ssl_context
+        self.compression = compression
+        self._server: Server | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closing: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.hub.config
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.requested_port,
+            ssl=self.ssl_context,
+            max_size=READ_LIMIT,
+            ping_interval=cfg.ping_interval or None,
+            ping_timeout=self.ping_timeout or None,
+            compression="deflate" if self.compression else None,
+            process_request=_health,
+            server_header=f"callbox/{__version__}",
+        )
+        log.info("callbox-server %s listening on %s", __version__, self.url)
+
+    async def stop(self) -> None:
+        """Close every connection with 1001 (going away) and stop listening."""
+        if self._server is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server.close(close_connections=True)
+        await self._server.wait_closed()
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        self._server = None
+        log.info("callbox-server stopped")
+
+    async def __aenter__(self) -> SignalingServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.ssl_context else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        loop = asyncio.get_running_loop()
+        peer = _addr(ws)
+        log.info("connect %s", peer)
+        self._apply(self.hub.open(ws, loop.time()))
+        try:
+            async for raw in ws:
+                try:
+                    actions = self.hub.receive(ws, raw, loop.time())
+                except Exception:  # a bug in the hub must not take the connection down with it
+                    log.exception("hub failed on a message from %s", peer)
+                    continue
+                self._apply(actions)
+        except ConnectionClosed:
+            pass  # a vanished peer is normal life; the reason is logged below
+        finally:
+            user = self.hub.conns[ws].user if ws in self.hub.conns else None
+            self._apply(self.hub.close(ws, loop.time()))
+            log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", _why(ws))
+
+    def _apply(self, actions: Iterable[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                self._deliver((a.conn,), a.text)
+            elif isinstance(a, Broadcast):
+                self._deliver(a.conns, a.text)
+            elif isinstance(a, Close):
+                task = asyncio.create_task(a.conn.close(a.code, a.reason))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        self._schedule()
+
+    @staticmethod
+    def _deliver(conns: Iterable[ServerConnection], text: str) -> None:
+        """Every write to a user goes through here. It never waits for a slow peer, and a connection that is
+        closing or closed is skipped: its handler's exit tells the hub, which is the one place that cleans up."""
+        broadcast(conns, text)
+
+    # ------------------------------------------------------------ deadlines
+
+    def _schedule(self) -> None:
+        at = self.hub.next_deadline()
+        if at == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer, self._timer_at = None, at
+        if at is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(max(at, loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self._apply(self.hub.expire(asyncio.get_running_loop().time()))
+
+
+def _health(connection: ServerConnection, request: Request) -> Response | None:
+    """A plain HTTP GET /health answers 200, so self-hosters can point a monitor at the server."""
+    if request.path == "/health" and "upgrade" not in request.headers.get("Connection", "").lower():
+        return connection.respond(HTTPStatus.OK, "ok\n")
+    return None
+
+
+def _addr(ws: ServerConnection) -> str:
+    addr = ws.remote_address
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return f"{addr[0]}:{addr[1]}"
+    return str(addr)
+
+
+def _why(ws: ServerConnection) -> str:
+    rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+    if rcvd is None and sent is None:
+        return "connection lost (no close frame)"
+    if rcvd is None or (sent is not None and not ws.protocol.close_rcvd_then_sent):
+        return f"closed by server: {sent.code} {sent.reason}".rstrip()
+    return f"closed by peer: {rcvd.code} {rcvd.reason}".rstrip()

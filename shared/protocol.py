@@ -1,0 +1,446 @@
+"""The wire protocol: every message type, its fields and limits, and JSON encode/decode naming bad fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+# Stated limits. A frame larger than MAX_MESSAGE_BYTES is refused whole; the string limits are per field.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_USER_ID = 64
+MAX_DISPLAY_NAME = 100
+MAX_CHANNEL = 64
+MAX_TEXT = 4000
+MAX_CALL_ID = 64
+MAX_REASON = 64
+MAX_TOKEN = 256
+MAX_SDP = 60 * 1024
+MAX_CANDIDATE = 1024
+
+USER_STATUSES = ("online", "in_call", "reconnecting", "offline")
+MEDIA_KINDS = ("audio", "video")
+
+# Error codes the server sends.
+BAD_MESSAGE = "bad_message"
+UNKNOWN_TYPE = "unknown_type"
+NOT_AUTHENTICATED = "not_authenticated"
+AUTH_FAILED = "auth_failed"
+NAME_TAKEN = "name_taken"
+USER_OFFLINE = "user_offline"
+NOT_IN_CALL = "not_in_call"
+BUSY = "busy"
+RATE_LIMITED = "rate_limited"
+INVALID_STATE = "invalid_state"
+UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+
+_IDENT = re.compile(r"^[\w.@+\-]+$")
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be decoded. `code` is a wire error code; `field` names the part at fault."""
+
+    def __init__(self, message: str, *, code: str = BAD_MESSAGE, field: str | None = None, ref: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.field = field
+        self.ref = ref
+
+
+# ---- field checkers: each takes (name, value) and returns the value or raises ProtocolError naming the field ----
+
+Checker = Callable[[str, Any], Any]
+
+
+def _fail(name: str, what: str) -> ProtocolError:
+    return ProtocolError(f"field '{name}' {what}", field=name)
+
+
+def text(max_len: int, *, min_len: int = 1) -> Checker:
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _fail(name, f"must be a string, not {_json_kind(value)}")
+        if len(value) < min_len:
+            raise _fail(name, "must not be empty")
+        if len(value) > max_len:
+            raise _fail(name, f"is {len(value)} characters long; the limit is {max_len}")
+        return value
+
+    return check
+
+
+def ident(max_len: int) -> Checker:
+    base = text(max_len)
+
+    def check(name: str, value: Any) -> str:
+        base(name, value)
+        if not _IDENT.match(value):
+            raise _fail(name, "may hold only letters, digits and . _ - + @")
+        return value
+
+    return check
+
+
+def integer(lo: int, hi: int) -> Checker:
+    def check(name: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _fail(name, f"must be an integer, not {_json_kind(value)}")
+        if not lo <= value <= hi:
+            raise _fail(name, f"must be between {lo} and {hi}")
+        return value
+
+    return check
+
+
+def number(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise _fail(name, f"must be a number, not {_json_kind(value)}")
+    return float(value)
+
+
+def boolean(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, f"must be true or false, not {_json_kind(value)}")
+    return value
+
+
+def one_of(*choices: str) -> Checker:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise _fail(name, f"must be one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def media(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail(name, 'must be a list such as ["audio"] or ["audio","video"]')
+    if any(v not in MEDIA_KINDS for v in value) or len(set(value)) != len(value):
+        raise _fail(name, 'may hold only "audio" and "video", each once')
+    return tuple(value)
+
+
+def nullable(check: Checker) -> Checker:
+    def wrapped(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return wrapped
+
+
+def list_of(item: type[Message], max_items: int = 100_000) -> Checker:
+    def check(name: str, value: Any) -> tuple:
+        if not isinstance(value, list):
+            raise _fail(name, f"must be a list, not {_json_kind(value)}")
+        if len(value) > max_items:
+            raise _fail(name, f"has {len(value)} items; the limit is {max_items}")
+        return tuple(item.from_dict(v, where=f"{name}[{i}]") for i, v in enumerate(value))
+
+    return check
+
+
+def obj(item: type[Message]) -> Checker:
+    return lambda name, value: item.from_dict(value, where=name)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def spec(check: Checker, *, key: str | None = None, default: Any = MISSING) -> Any:
+    """Declare a message field: its checker, its JSON key when it differs, and its default if optional."""
+    meta = {"check": check, "key": key}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---- message classes ----
+
+REGISTRY: dict[str, type[Message]] = {}
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of all messages (and of the objects nested in them). `type` is the JSON discriminator."""
+
+    type: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.type and cls.type in REGISTRY:
+            raise TypeError(f"message type {cls.type} declared twice")
+        if cls.type:
+            REGISTRY[cls.type] = cls
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str | None = None) -> Message:
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{where or 'message'} must be a JSON object, not {_json_kind(data)}", field=where)
+        values = {}
+        for f in fields(cls):
+            key = f.metadata.get("key") or f.name
+            label = f"{where}.{key}" if where else key
+            if key in data:
+                values[f.name] = f.metadata["check"](label, data[key])
+            elif f.default is MISSING:
+                raise ProtocolError(f"field '{label}' is missing", field=label, ref=cls.type or None)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type} if self.type else {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.default is None:
+                continue  # optional fields that are unset stay off the wire
+            if isinstance(value, tuple):
+                value = [v.to_dict() if isinstance(v, Message) else v for v in value]
+            elif isinstance(value, Message):
+                value = value.to_dict()
+            out[f.metadata.get("key") or f.name] = value
+        return out
+
+    def encode(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+USER_ID = ident(MAX_USER_ID)
+CALL_ID = ident(MAX_CALL_ID)
+CHANNEL = ident(MAX_CHANNEL)
+DISPLAY_NAME = text(MAX_DISPLAY_NAME)
+REASON = text(MAX_REASON)
+
+
+# -- nested objects --
+
+
+@dataclass(frozen=True)
+class UserInfo(Message):
+    user_id: str = spec(USER_ID)
+    display_name: str = spec(DISPLAY_NAME)
+    status: str = spec(one_of(*USER_STATUSES))
+
+
+@dataclass(frozen=True)
+class ServerInfo(Message):
+    version: str = spec(text(64))
+    ping_interval: float = spec(number)
+    resume_grace: float = spec(number)
+    max_message_bytes: int = spec(integer(1, 1 << 30), default=MAX_MESSAGE_BYTES)
+    queue_limit: int = spec(integer(0, 1 << 30), default=0)
+
+
+@dataclass(frozen=True)
+class ActiveCall(Message):
+    """A call the client says it is still in, sent in `hello` so a restarted server can restore it."""
+
+    call_id: str = spec(CALL_ID)
+    peer: str = spec(USER_ID)
+    media: tuple[str, ...] = spec(media, default=("audio",))
+
+
+# -- session --
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    type: ClassVar[str] = "hello"
+    protocol: int = spec(integer(1, 1000))
+    user_id: str = spec(USER_ID)
+    display_name: str = spec(DISPLAY_NAME)
+    token: str | None = spec(nullable(text(MAX_TOKEN, min_len=0)), default=None)
+    resume_token: str | None = spec(nullable(text(MAX_TOKEN)), default=None)
+    calls: tuple[ActiveCall, ...] = spec(list_of(ActiveCall, 4), default=())
+
+
+@dataclass(frozen=True)
+class ConnectionEstablished(Message):
+    type: ClassVar[str] = "connection_established"
+    user_id: str = spec(USER_ID)
+    resume_token: str = spec(text(MAX_TOKEN))
+    users: tuple[UserInfo, ...] = spec(list_of(UserInfo))
+    server: ServerInfo = spec(obj(ServerInfo))
+    resumed: bool = spec(boolean, default=False)
+
+
+@dataclass(frozen=True)
+class Presence(Message):
+    type: ClassVar[str] = "presence"
+    user_id: str = spec(USER_ID)
+    display_name: str = spec(DISPLAY_NAME)
+    status: str = spec(one_of(*USER_STATUSES))
+
+
+@dataclass(frozen=True)
+class Bye(Message):
+    """Client to server: I am leaving on purpose; skip the resume grace."""
+
+    type: ClassVar[str] = "bye"
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    type: ClassVar[str] = "error"
+    code: str = spec(text(64))
+    message: str = spec(text(1000))
+    ref: str | None = spec(nullable(text(MAX_SDP)), default=None)
+
+
+# -- calls: relayed between two users; the sender writes `to`, the receiver reads `from` --
+
+
+@dataclass(frozen=True)
+class Relayed(Message):
+    call_id: str = spec(CALL_ID)
+    to: str | None = spec(nullable(USER_ID), default=None)
+    sender: str | None = spec(nullable(USER_ID), key="from", default=None)
+
+    def routed(self, sender: str) -> Relayed:
+        """The same message as the server delivers it: `from` set to the real sender, `to` dropped."""
+        return replace(self, to=None, sender=sender)
+
+
+@dataclass(frozen=True)
+class CallIncoming(Relayed):
+    type: ClassVar[str] = "call_incoming"
+    media: tuple[str, ...] = spec(media, default=("audio",))
+    display_name: str | None = spec(nullable(DISPLAY_NAME), default=None)
+
+
+@dataclass(frozen=True)
+class CallAccepted(Relayed):
+    type: ClassVar[str] = "call_accepted"
+    media: tuple[str, ...] | None = spec(nullable(media), default=None)
+
+
+@dataclass(frozen=True)
+class CallRejected(Relayed):
+    type: ClassVar[str] = "call_rejected"
+    reason: str = spec(REASON, default="rejected")
+
+
+@dataclass(frozen=True)
+class CallEnded(Relayed):
+    type: ClassVar[str] = "call_ended"
+    reason: str = spec(REASON, default="hangup")
+
+
+@dataclass(frozen=True)
+class WebrtcOffer(Relayed):
+    type: ClassVar[str] = "webrtc_offer"
+    sdp: str = spec(text(MAX_SDP), default="")
+
+
+@dataclass(frozen=True)
+class WebrtcAnswer(Relayed):
+    type: ClassVar[str] = "webrtc_answer"
+    sdp: str = spec(text(MAX_SDP), default="")
+
+
+@dataclass(frozen=True)
+class WebrtcIceCandidate(Relayed):
+    type: ClassVar[str] = "webrtc_ice_candidate"
+    candidate: str = spec(text(MAX_CANDIDATE, min_len=0), default="")
+    sdpMid: str | None = spec(nullable(text(64, min_len=0)), default=None)
+    sdpMLineIndex: int | None = spec(nullable(integer(0, 1000)), default=None)
+
+
+# -- channels --
+
+
+@dataclass(frozen=True)
+class Join(Message):
+    type: ClassVar[str] = "join"
+    channel: str = spec(CHANNEL)
+
+
+@dataclass(frozen=True)
+class Joined(Message):
+    type: ClassVar[str] = "joined"
+    channel: str = spec(CHANNEL)
+    members: tuple[UserInfo, ...] = spec(list_of(UserInfo))
+
+
+@dataclass(frozen=True)
+class Leave(Message):
+    type: ClassVar[str] = "leave"
+    channel: str = spec(CHANNEL)
+
+
+@dataclass(frozen=True)
+class Left(Message):
+    type: ClassVar[str] = "left"
+    channel: str = spec(CHANNEL)
+
+
+@dataclass(frozen=True)
+class ChannelMember(Message):
+    """Server to the other members of a channel: someone joined or left it."""
+
+    type: ClassVar[str] = "channel_member"
+    channel: str = spec(CHANNEL)
+    user_id: str = spec(USER_ID)
+    event: str = spec(one_of("joined", "left"))
+
+
+@dataclass(frozen=True)
+class ChannelMessage(Message):
+    type: ClassVar[str] = "channel_message"
+    channel: str = spec(CHANNEL)
+    text: str = spec(text(MAX_TEXT))
+    sender: str | None = spec(nullable(USER_ID), key="from", default=None)
+    ts: float | None = spec(nullable(number), default=None)
+
+
+# Messages a client may send; the server refuses any other type with `unknown_type`.
+CLIENT_TYPES = frozenset(
+    t.type
+    for t in (
+        Hello, Bye, CallIncoming, CallAccepted, CallRejected, CallEnded,
+        WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage,
+    )
+)
+RELAYED_TYPES = frozenset(t for t, cls in REGISTRY.items() if issubclass(cls, Relayed))
+
+
+def decode(raw: str | bytes, *, allowed: frozenset[str] | None = None) -> Message:
+    """Decode one text frame into a typed message, or raise ProtocolError that names what was wrong."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raise ProtocolError("binary frames are not supported; send JSON in a text frame")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"a message must be a JSON object, not {_json_kind(data)}")
+    kind = data.get("type")
+    if kind is None:
+        raise ProtocolError("field 'type' is missing", field="type")
+    if not isinstance(kind, str):
+        raise ProtocolError(f"field 'type' must be a string, not {_json_kind(kind)}", field="type")
+    cls = REGISTRY.get(kind)
+    if cls is None or (allowed is not None and kind not in allowed):
+        raise ProtocolError(f"unknown message type '{kind[:64]}'", code=UNKNOWN_TYPE, field="type", ref=kind[:64])
+    try:
+        return cls.from_dict(data)
+    except ProtocolError as exc:
+        exc.ref = kind
+        raise
+
+
+def encode(msg: Message) -> str:
+    return msg.encode()
