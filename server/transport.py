@@ -47,6 +47,7 @@ class SignalingServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closing: set[asyncio.Task] = set()
+        self._timed_out: set[ServerConnection] = set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -58,8 +59,7 @@ class SignalingServer:
             self.requested_port,
             ssl=self.ssl_context,
             max_size=READ_LIMIT,
-            ping_interval=cfg.ping_interval or None,
-            ping_timeout=self.ping_timeout or None,
+            ping_interval=None,  # our own keepalive below notices a dead peer without waiting for a close handshake
             compression="deflate" if self.compression else None,
             process_request=_health,
             server_header=f"callbox/{__version__}",
@@ -104,6 +104,7 @@ class SignalingServer:
         peer = _addr(ws)
         log.info("connect %s", peer)
         self._apply(self.hub.open(ws, loop.time()))
+        keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None
         try:
             async for raw in ws:
                 try:
@@ -115,9 +116,30 @@ class SignalingServer:
         except ConnectionClosed:
             pass  # a vanished peer is normal life; the reason is logged below
         finally:
+            if keepalive is not None:
+                keepalive.cancel()
             user = self.hub.conns[ws].user if ws in self.hub.conns else None
             self._apply(self.hub.close(ws, loop.time()))
-            log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", _why(ws))
+            why = "no pong within the ping timeout" if ws in self._timed_out else _why(ws)
+            self._timed_out.discard(ws)
+            log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", why)
+
+    async def _keepalive(self, ws: ServerConnection) -> None:
+        """Ping every ping_interval; a pong later than ping_timeout means a dead peer. Its TCP connection is
+        aborted at once, so the hub hears of it within interval + timeout rather than after a close handshake
+        that a vanished peer will never finish."""
+        interval, timeout = self.hub.config.ping_interval, self.ping_timeout
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                pong = await ws.ping()
+                if timeout:
+                    await asyncio.wait_for(pong, timeout)
+        except TimeoutError:
+            self._timed_out.add(ws)
+            ws.transport.abort()
+        except ConnectionClosed:
+            pass
 
     def _apply(self, actions: Iterable[Action]) -> None:
         for a in actions:

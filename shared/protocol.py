@@ -205,7 +205,7 @@ class Message:
         out: dict[str, Any] = {"type": self.type} if self.type else {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is None and f.default is None:
+            if value in (None, ()) and f.default == value:
                 continue  # optional fields that are unset stay off the wire
             if isinstance(value, tuple):
                 value = [v.to_dict() if isinstance(v, Message) else v for v in value]

@@ -1,0 +1,221 @@
+"""The hub with no sockets: deliveries, timers and cleanup, plus property tests over random message sequences."""
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.hub import Broadcast, Close, Hub, HubConfig, Send
+
+
+class Wire:
+    """Runs a hub and collects what each connection would have received."""
+
+    def __init__(self, **config):
+        self.hub = Hub(HubConfig(**{"resume_grace": 5, "ring_timeout": 10, **config}), wall=lambda: 1000.0)
+        self.now = 0.0
+        self.inbox: dict[str, list[dict]] = {}
+        self.closed: dict[str, int] = {}
+
+    def run(self, actions):
+        for a in actions:
+            if isinstance(a, Send):
+                self.inbox[a.conn].append(json.loads(a.text))
+            elif isinstance(a, Broadcast):
+                for c in a.conns:
+                    self.inbox[c].append(json.loads(a.text))
+            elif isinstance(a, Close):
+                self.closed[a.conn] = a.code
+
+    def open(self, conn):
+        self.inbox[conn] = []
+        self.run(self.hub.open(conn, self.now))
+
+    def send(self, conn, **msg):
+        self.run(self.hub.receive(conn, json.dumps(msg), self.now))
+
+    def login(self, user, conn=None):
+        conn = conn or user
+        self.open(conn)
+        self.send(conn, type="hello", protocol=1, user_id=user, display_name=user.title())
+        return self.take(conn)[0]
+
+    def drop(self, conn):
+        self.run(self.hub.close(conn, self.now))
+
+    def advance(self, dt):
+        self.now += dt
+        self.run(self.hub.expire(self.now))
+
+    def take(self, conn, type_=None):
+        got = [m for m in self.inbox[conn] if type_ in (None, m["type"])]
+        self.inbox[conn] = [m for m in self.inbox[conn] if m not in got]
+        return got
+
+
+def test_welcome_lists_others_with_status():
+    w = Wire()
+    w.login("alice")
+    welcome = w.login("bob")
+    assert welcome["users"] == [{"user_id": "alice", "display_name": "Alice", "status": "online"}]
+    assert w.take("alice", "presence") == [{"type": "presence", "user_id": "bob", "display_name": "Bob",
+                                            "status": "online"}]
+
+
+def test_ring_timeout_uses_the_clock_it_is_given():
+    w = Wire(ring_timeout=10)
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="call_incoming", to="bob", call_id="c1", media=["audio"])
+    assert w.hub.next_deadline() == 10
+    w.advance(9.9)
+    assert "c1" in w.hub.calls
+    w.advance(0.2)
+    assert w.take("alice", "call_ended") == [{"type": "call_ended", "call_id": "c1", "from": "bob",
+                                              "reason": "no_answer"}]
+    assert w.take("bob", "call_ended")[0]["from"] == "alice"
+    assert w.hub.calls == {} and w.hub.next_deadline() is None
+
+
+def test_grace_then_offline_ends_calls():
+    w = Wire(resume_grace=5)
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="call_incoming", to="bob", call_id="c1", media=["audio"])
+    w.send("bob", type="call_accepted", to="alice", call_id="c1")
+    w.take("alice")
+    w.drop("bob")
+    assert w.take("alice") == [{"type": "presence", "user_id": "bob", "display_name": "Bob",
+                                "status": "reconnecting"}]
+    w.advance(4.9)
+    assert w.hub.status("bob") == "reconnecting"
+    w.advance(0.2)
+    got = w.take("alice")
+    assert {"type": "call_ended", "call_id": "c1", "from": "bob", "reason": "peer_disconnected"} in got
+    assert {"type": "presence", "user_id": "bob", "display_name": "Bob", "status": "offline"} in got
+    assert w.hub.status("alice") == "online"
+
+
+def test_queue_overflow_ends_the_session():
+    w = Wire(resume_grace=60, queue_limit=3)
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="join", channel="room")
+    w.send("bob", type="join", channel="room")
+    w.drop("bob")
+    for i in range(4):
+        w.send("alice", type="channel_message", channel="room", text=f"m{i}")
+    w.advance(0)
+    assert w.hub.status("bob") == "offline"
+
+
+def test_restarted_server_restores_a_call_both_sides_claim():
+    w = Wire()
+    w.open("a")
+    w.send("a", type="hello", protocol=1, user_id="alice", display_name="Alice",
+           calls=[{"call_id": "c1", "peer": "bob", "media": ["audio"]}])
+    assert w.hub.calls == {}
+    w.open("b")
+    w.send("b", type="hello", protocol=1, user_id="bob", display_name="Bob",
+           calls=[{"call_id": "c1", "peer": "alice", "media": ["audio"]}])
+    assert w.hub.status("alice") == w.hub.status("bob") == "in_call"
+    assert {"type": "presence", "user_id": "bob", "display_name": "Bob", "status": "in_call"} in w.take("a")
+    w.hub.check_invariants()
+
+
+def test_glare_calls_cannot_both_be_accepted():
+    w = Wire()
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="call_incoming", to="bob", call_id="a1", media=["audio"])
+    w.send("bob", type="call_incoming", to="alice", call_id="b1", media=["audio"])
+    w.send("bob", type="call_accepted", to="alice", call_id="a1")
+    w.take("alice")
+    w.send("alice", type="call_accepted", to="bob", call_id="b1")
+    err = w.take("alice", "error")
+    assert err[0]["code"] == "busy" and err[0]["ref"] == "b1"
+    w.hub.check_invariants()
+
+
+def test_a_one_sided_claim_expires():
+    w = Wire(resume_grace=5)
+    w.open("a")
+    w.send("a", type="hello", protocol=1, user_id="alice", display_name="Alice",
+           calls=[{"call_id": "c1", "peer": "bob"}])
+    w.advance(6)
+    assert w.hub.claims == {} and w.hub.next_deadline() is None
+
+
+# ---- properties: random traffic from several users never raises and never breaks the invariants ----
+
+USERS = ["u0", "u1", "u2"]
+CALL_IDS = ["c0", "c1"]
+
+
+def messages():
+    user = st.sampled_from(USERS)
+    call_id = st.sampled_from(CALL_IDS)
+    return st.one_of(
+        st.builds(lambda u, tok: {"type": "hello", "protocol": 1, "user_id": u, "display_name": u, **tok},
+                  user, st.sampled_from([{}, {"resume_token": "wrong"}, {"calls": [{"call_id": "c9", "peer": "u1"}]}])),
+        st.builds(lambda to, c, m: {"type": "call_incoming", "to": to, "call_id": c, "media": m},
+                  user, call_id, st.sampled_from([["audio"], ["audio", "video"]])),
+        st.builds(lambda t, to, c: {"type": t, "to": to, "call_id": c},
+                  st.sampled_from(["call_accepted", "call_rejected", "call_ended"]), user, call_id),
+        st.builds(lambda to, c: {"type": "webrtc_offer", "to": to, "call_id": c, "sdp": "v=0"}, user, call_id),
+        st.builds(lambda t, ch: {"type": t, "channel": ch}, st.sampled_from(["join", "leave"]),
+                  st.sampled_from(["a", "b"])),
+        st.builds(lambda ch: {"type": "channel_message", "channel": ch, "text": "hi"}, st.sampled_from(["a", "b"])),
+        st.just({"type": "bye"}),
+        st.sampled_from(["{", "[]", '{"type":"nope"}', '{"type":"call_accepted"}']),
+    )
+
+
+def steps():
+    user = st.sampled_from(USERS)
+    return st.one_of(
+        st.tuples(st.just("login"), user, st.booleans()),
+        st.tuples(st.just("send"), user, messages()),
+        st.tuples(st.just("call"), user, user, st.sampled_from(CALL_IDS)),
+        st.tuples(st.just("answer"), st.integers(0, 3),
+                  st.sampled_from(["call_accepted", "call_rejected", "call_ended", "webrtc_answer"]), st.booleans()),
+        st.tuples(st.just("drop"), user),
+        st.tuples(st.just("tick"), st.floats(0, 4)),
+    )
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(steps(), min_size=10, max_size=80))
+def test_random_traffic_keeps_invariants(program):
+    program = [("login", u, False) for u in USERS] + program
+    w = Wire(resume_grace=3, ring_timeout=5, queue_limit=5, rate=1000, burst=1000)
+    conn_of: dict[str, str] = {}  # the newest connection opened as each user
+    for n, (op, *args) in enumerate(program):
+        if op == "login":
+            user, resume = args
+            s = w.hub.sessions.get(user)
+            w.open(f"k{n}")
+            token = {"resume_token": s.resume_token} if s and resume else {}
+            w.send(f"k{n}", type="hello", protocol=1, user_id=user, display_name=user, **token)
+            if w.hub.conns[f"k{n}"].user == user:
+                conn_of[user] = f"k{n}"
+            else:  # name_taken: this client gives up
+                w.drop(f"k{n}")
+        elif op == "send" and args[0] in conn_of:
+            msg = args[1]
+            w.run(w.hub.receive(conn_of[args[0]], msg if isinstance(msg, str) else json.dumps(msg), w.now))
+        elif op == "call" and args[0] in conn_of:
+            w.send(conn_of[args[0]], type="call_incoming", to=args[1], call_id=args[2], media=["audio"])
+            if args[1] in conn_of:  # half the time they call each other at once (glare)
+                w.send(conn_of[args[1]], type="call_incoming", to=args[0], call_id=f"g{n}", media=["audio"])
+        elif op == "answer" and w.hub.calls:
+            index, kind, by_callee = args
+            call = w.hub.calls[sorted(w.hub.calls)[index % len(w.hub.calls)]]
+            user = call.callee if by_callee else call.caller
+            if user in conn_of:
+                w.send(conn_of[user], type=kind, to=call.peer_of(user), call_id=call.call_id, sdp="v=0")
+        elif op == "drop" and args[0] in conn_of:
+            w.drop(conn_of.pop(args[0]))
+        elif op == "tick":
+            w.advance(args[0])
+        for conn in list(w.closed):  # the transport drops a connection the hub closed
+            w.drop(conn)
+            del w.closed[conn]
+            conn_of = {u: c for u, c in conn_of.items() if c != conn}
+        w.hub.check_invariants()
