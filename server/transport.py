@@ -52,7 +52,6 @@ class SignalingServer:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        cfg = self.hub.config
         self._server = await serve(
             self._handle,
             self.host,

@@ -1,4 +1,4 @@
-"""The wire protocol: round trips, errors that name the field at fault, and a decoder that never raises anything else."""
+"""The wire protocol: round trips, errors that name the field at fault, a decoder that raises nothing else."""
 
 import json
 
