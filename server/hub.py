@@ -85,6 +85,7 @@ class Session:
     queue: deque[str] = field(default_factory=deque)
     channels: set[str] = field(default_factory=set)
     status: str = "online"  # the status last announced
+    overflowed: bool = False  # its queue overflowed while it was away
 
 
 @dataclass
@@ -240,6 +241,7 @@ class Hub:
         old = self.sessions.get(msg.user_id)
         resuming = (
             old is not None
+            and not old.overflowed
             and msg.resume_token is not None
             and hmac.compare_digest(old.resume_token.encode(), msg.resume_token.encode())
         )
@@ -264,7 +266,6 @@ class Hub:
             s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn)
             self.sessions[s.user_id] = s
             s.status = ""
-        self._restore_calls(s, msg.calls, now)
         self._send(conn, p.ConnectionEstablished(
             user_id=s.user_id,
             resume_token=s.resume_token,
@@ -275,6 +276,7 @@ class Hub:
         ))
         while s.queue:
             self._out.append(Send(conn, s.queue.popleft()))
+        self._restore_calls(s, msg.calls, now)
         self._refresh(s)
 
     def _drop_session(self, s: Session, now: float) -> None:
@@ -420,6 +422,9 @@ class Hub:
         if callee not in self.sessions:
             self._error(conn, p.USER_OFFLINE, f"'{callee}' is not online", msg.call_id)
             return
+        if any(c.caller == user and c.callee == callee for c in self.calls.values()):
+            self._error(conn, p.BUSY, f"you are already calling '{callee}'", msg.call_id)
+            return
         if self._engaged(user, besides=callee):
             self._error(conn, p.BUSY, "you are already in a call; hang up first", msg.call_id)
             return
@@ -484,6 +489,7 @@ class Hub:
             s.queue.append(text)
         else:
             log.warning("queue for %s is full (%d); ending its session", user, len(s.queue))
+            s.overflowed = True  # it can no longer resume: a message would be missing
             s.deadline = float("-inf")  # the next expire() takes it offline
 
     def _to_users(self, users: Iterable[str], msg: p.Message) -> None:

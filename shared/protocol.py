@@ -38,7 +38,7 @@ RATE_LIMITED = "rate_limited"
 INVALID_STATE = "invalid_state"
 UNSUPPORTED_PROTOCOL = "unsupported_protocol"
 
-_IDENT = re.compile(r"^[\w.@+\-]+$")
+_IDENT = re.compile(r"[\w.@+\-]+")
 
 
 class ProtocolError(ValueError):
@@ -78,7 +78,7 @@ def ident(max_len: int) -> Checker:
 
     def check(name: str, value: Any) -> str:
         base(name, value)
-        if not _IDENT.match(value):
+        if not _IDENT.fullmatch(value):
             raise _fail(name, "may hold only letters, digits and . _ - + @")
         return value
 
@@ -174,7 +174,7 @@ def spec(check: Checker, *, key: str | None = None, default: Any = MISSING) -> A
 REGISTRY: dict[str, type[Message]] = {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Message:
     """Base of all messages (and of the objects nested in them). `type` is the JSON discriminator."""
 
@@ -228,14 +228,14 @@ REASON = text(MAX_REASON)
 # -- nested objects --
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UserInfo(Message):
     user_id: str = spec(USER_ID)
     display_name: str = spec(DISPLAY_NAME)
     status: str = spec(one_of(*USER_STATUSES))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServerInfo(Message):
     version: str = spec(text(64))
     ping_interval: float = spec(number)
@@ -244,7 +244,7 @@ class ServerInfo(Message):
     queue_limit: int = spec(integer(0, 1 << 30), default=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ActiveCall(Message):
     """A call the client says it is still in, sent in `hello` so a restarted server can restore it."""
 
@@ -256,10 +256,10 @@ class ActiveCall(Message):
 # -- session --
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Hello(Message):
     type: ClassVar[str] = "hello"
-    protocol: int = spec(integer(1, 1000))
+    protocol: int = spec(integer(0, 2**31))
     user_id: str = spec(USER_ID)
     display_name: str = spec(DISPLAY_NAME)
     token: str | None = spec(nullable(text(MAX_TOKEN, min_len=0)), default=None)
@@ -267,7 +267,7 @@ class Hello(Message):
     calls: tuple[ActiveCall, ...] = spec(list_of(ActiveCall, 4), default=())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConnectionEstablished(Message):
     type: ClassVar[str] = "connection_established"
     user_id: str = spec(USER_ID)
@@ -277,7 +277,7 @@ class ConnectionEstablished(Message):
     resumed: bool = spec(boolean, default=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Presence(Message):
     type: ClassVar[str] = "presence"
     user_id: str = spec(USER_ID)
@@ -285,25 +285,25 @@ class Presence(Message):
     status: str = spec(one_of(*USER_STATUSES))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Bye(Message):
     """Client to server: I am leaving on purpose; skip the resume grace."""
 
     type: ClassVar[str] = "bye"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Error(Message):
     type: ClassVar[str] = "error"
     code: str = spec(text(64))
     message: str = spec(text(1000))
-    ref: str | None = spec(nullable(text(MAX_SDP)), default=None)
+    ref: str | None = spec(nullable(text(MAX_SDP, min_len=0)), default=None)
 
 
 # -- calls: relayed between two users; the sender writes `to`, the receiver reads `from` --
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Relayed(Message):
     call_id: str = spec(CALL_ID)
     to: str | None = spec(nullable(USER_ID), default=None)
@@ -314,47 +314,47 @@ class Relayed(Message):
         return replace(self, to=None, sender=sender)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallIncoming(Relayed):
     type: ClassVar[str] = "call_incoming"
     media: tuple[str, ...] = spec(media, default=("audio",))
     display_name: str | None = spec(nullable(DISPLAY_NAME), default=None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallAccepted(Relayed):
     type: ClassVar[str] = "call_accepted"
     media: tuple[str, ...] | None = spec(nullable(media), default=None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallRejected(Relayed):
     type: ClassVar[str] = "call_rejected"
     reason: str = spec(REASON, default="rejected")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CallEnded(Relayed):
     type: ClassVar[str] = "call_ended"
     reason: str = spec(REASON, default="hangup")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WebrtcOffer(Relayed):
     type: ClassVar[str] = "webrtc_offer"
-    sdp: str = spec(text(MAX_SDP), default="")
+    sdp: str = spec(text(MAX_SDP))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WebrtcAnswer(Relayed):
     type: ClassVar[str] = "webrtc_answer"
-    sdp: str = spec(text(MAX_SDP), default="")
+    sdp: str = spec(text(MAX_SDP))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WebrtcIceCandidate(Relayed):
     type: ClassVar[str] = "webrtc_ice_candidate"
-    candidate: str = spec(text(MAX_CANDIDATE, min_len=0), default="")
+    candidate: str = spec(text(MAX_CANDIDATE, min_len=0))  # "" marks the end of candidates
     sdpMid: str | None = spec(nullable(text(64, min_len=0)), default=None)
     sdpMLineIndex: int | None = spec(nullable(integer(0, 1000)), default=None)
 
@@ -362,32 +362,32 @@ class WebrtcIceCandidate(Relayed):
 # -- channels --
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Join(Message):
     type: ClassVar[str] = "join"
     channel: str = spec(CHANNEL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Joined(Message):
     type: ClassVar[str] = "joined"
     channel: str = spec(CHANNEL)
     members: tuple[UserInfo, ...] = spec(list_of(UserInfo))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Leave(Message):
     type: ClassVar[str] = "leave"
     channel: str = spec(CHANNEL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Left(Message):
     type: ClassVar[str] = "left"
     channel: str = spec(CHANNEL)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ChannelMember(Message):
     """Server to the other members of a channel: someone joined or left it."""
 
@@ -397,7 +397,7 @@ class ChannelMember(Message):
     event: str = spec(one_of("joined", "left"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ChannelMessage(Message):
     type: ClassVar[str] = "channel_message"
     channel: str = spec(CHANNEL)

@@ -123,7 +123,7 @@ async def test_bad_user_id_characters(server):
 
 
 async def test_wrong_protocol_version(server):
-    peer = await Peer.connect(server.url, "zed", protocol=99)
+    peer = await Peer.connect(server.url, "zed", protocol=2000)
     assert peer.welcome["code"] == "unsupported_protocol"
     assert (await peer.closed())[0] == 1002
 

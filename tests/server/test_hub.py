@@ -106,6 +106,27 @@ def test_queue_overflow_ends_the_session():
     assert w.hub.status("bob") == "offline"
 
 
+def test_overflowed_session_cannot_resume():
+    w = Wire(resume_grace=60, queue_limit=1)
+    w.login("alice")
+    token = w.login("bob")["resume_token"]
+    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    w.drop("bob")
+    w.send("alice", type="channel_message", channel="room", text="m1")
+    w.send("alice", type="channel_message", channel="room", text="m2")  # overflows before any timer runs
+    w.open("bob2")
+    w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token)
+    assert w.take("bob2")[0]["resumed"] is False
+
+
+def test_one_ringing_call_per_direction():
+    w = Wire()
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="call_incoming", to="bob", call_id="c1", media=["audio"])
+    w.send("alice", type="call_incoming", to="bob", call_id="c2", media=["audio"])
+    assert w.take("alice", "error")[0]["code"] == "busy" and list(w.hub.calls) == ["c1"]
+
+
 def test_restarted_server_restores_a_call_both_sides_claim():
     w = Wire()
     w.open("a")

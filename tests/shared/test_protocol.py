@@ -42,6 +42,8 @@ def test_server_messages_decode_on_the_client_side():
      "is missing"),
     ('{"type":"call_incoming","to":"b","call_id":"c","media":["audio","audio"]}', "media", "each once"),
     ('{"type":"call_ended","to":"b","call_id":"c","reason":null}', "reason", "must be a string, not null"),
+    ('{"type":"hello","protocol":1,"user_id":"alice\\n","display_name":"A"}', "user_id", "may hold only"),
+    ('{"type":"webrtc_offer","to":"b","call_id":"c"}', "sdp", "is missing"),
 ])
 def test_errors_name_the_field(raw, field, words):
     with pytest.raises(p.ProtocolError) as info:
