@@ -1,0 +1,35 @@
+"""The `callbox` command: the desktop app, or with --headless the command-line caller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from shared import __version__
+
+from . import headless
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="callbox", description="Voice and video calls across the LAN.")
+    headless.add_arguments(ap)
+    ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    ap.add_argument("--version", action="version", version=f"callbox {__version__}")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("aioice", "aiortc", "websockets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.headless:
+        ap.error("the desktop window is not part of this build yet; use --headless")
+    missing = [flag for flag, value in (("--server", args.server), ("--user", args.user)) if not value]
+    if missing:
+        ap.error(f"--headless needs {' and '.join(missing)}")
+    return asyncio.run(headless.run(args))

@@ -1,0 +1,1 @@
+"""The client engine: everything that is not a window; no Qt import."""

@@ -1,0 +1,228 @@
+"""Sound hardware through sounddevice: the microphone's capture stream, the speaker's ring buffer and output stream."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+log = logging.getLogger("callbox.audio")
+
+RATE = 48_000  # what Opus and the tracks use
+BLOCK = 960  # 20 ms at 48 kHz
+
+
+class DeviceMissing(Exception):
+    """A device, or the library to reach it, is not there. The message says which and what to do."""
+
+
+def sounddevice():
+    """The sounddevice module, or DeviceMissing when PortAudio is not installed."""
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # sounddevice raises OSError when it cannot load the PortAudio library
+        raise DeviceMissing(f"PortAudio is not installed ({exc}); on Debian: apt-get install libportaudio2") from None
+    return sd
+
+
+@dataclass(frozen=True)
+class AudioDevice:
+    index: int
+    name: str
+    inputs: int
+    outputs: int
+    default_rate: float
+    is_default_input: bool = False
+    is_default_output: bool = False
+
+
+def list_audio_devices() -> list[AudioDevice]:
+    sd = sounddevice()
+    try:
+        default_in, default_out = sd.default.device
+        devices = sd.query_devices()
+    except Exception as exc:  # PortAudio may fail to initialise with no sound system at all
+        raise DeviceMissing(f"no sound system could be opened: {exc}") from None
+    return [
+        AudioDevice(i, d["name"], d["max_input_channels"], d["max_output_channels"], d["default_samplerate"],
+                    i == default_in, i == default_out)
+        for i, d in enumerate(devices)
+    ]
+
+
+def pick(devices: list[AudioDevice], wanted: str | int | None, *, output: bool) -> AudioDevice:
+    """The device named (or numbered) `wanted`, else the system default, else the first that fits."""
+    fits = [d for d in devices if (d.outputs if output else d.inputs) > 0]
+    if not fits:
+        raise DeviceMissing(f"no {'speaker' if output else 'microphone'} was found")
+    if wanted not in (None, ""):
+        for d in fits:
+            if wanted == d.index or wanted == d.name:
+                return d
+        log.warning("device %r is gone; using the default", wanted)
+    return next((d for d in fits if (d.is_default_output if output else d.is_default_input)), fits[0])
+
+
+class Microphone:
+    """A sounddevice InputStream at 48 kHz mono in 20 ms blocks, handed to the event loop without blocking.
+
+    The PortAudio callback runs on its own thread; each block goes through the audio processor (echo
+    cancellation) there, then reaches the loop by call_soon_threadsafe into a bounded queue that drops the
+    oldest block when the consumer falls behind."""
+
+    def __init__(self, device: str | int | None = None, *, processor=None, queue_blocks: int = 10):
+        self.device = device
+        self.processor = processor
+        self.queue: asyncio.Queue[np.ndarray] = asyncio.Queue(queue_blocks)
+        self.dropped = 0
+        self.level = 0.0  # RMS of the last block, 0..1, for a level meter
+        self._loop = asyncio.get_running_loop()
+        self._stream = None
+        self.name = ""
+
+    def start(self) -> None:
+        sd = sounddevice()
+        dev = pick(list_audio_devices(), self.device, output=False)
+        self._stream = sd.InputStream(device=dev.index, samplerate=RATE, channels=1, dtype="int16",
+                                      blocksize=BLOCK, callback=self._callback)
+        self._stream.start()
+        self.name = dev.name
+        log.info("microphone open: %s", dev.name)
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        block = indata[:, 0].copy()
+        if self.processor is not None:
+            block = self.processor.process_capture(block)
+        self.level = float(np.sqrt(np.mean((block / 32768.0) ** 2)))
+        self._loop.call_soon_threadsafe(self._put, block)
+
+    def _put(self, block: np.ndarray) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(block)
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+            log.info("microphone closed: %s", self.name)
+
+
+class RingBuffer:
+    """Mono float32 samples between the network (writer) and the sound card (reader), with drift handling.
+
+    The two run on different clocks. When the buffer holds more than `high` samples the oldest are dropped
+    back to `target`, so latency cannot creep up; when it runs dry the reader gets silence."""
+
+    def __init__(self, rate: int, *, target_ms: float = 60, high_ms: float = 200, size_ms: float = 1000):
+        self.rate = rate
+        self.target = int(rate * target_ms / 1000)
+        self.high = int(rate * high_ms / 1000)
+        self.buf = np.zeros(int(rate * size_ms / 1000), dtype=np.float32)
+        self.start = 0
+        self.count = 0
+        self.underruns = 0
+        self.dropped = 0
+        self.primed = False
+        self.lock = threading.Lock()
+
+    def write(self, samples: np.ndarray) -> None:
+        with self.lock:
+            n = len(samples)
+            if n >= len(self.buf):
+                samples, n = samples[-len(self.buf):], len(self.buf)
+            end = (self.start + self.count) % len(self.buf)
+            first = min(n, len(self.buf) - end)
+            self.buf[end:end + first] = samples[:first]
+            self.buf[:n - first] = samples[first:]
+            self.count = min(len(self.buf), self.count + n)
+            if self.count > self.high:  # the sender's clock is faster than ours: skip ahead
+                excess = self.count - self.target
+                self.start = (self.start + excess) % len(self.buf)
+                self.count -= excess
+                self.dropped += excess
+            if self.count >= self.target:
+                self.primed = True
+
+    def read(self, n: int) -> np.ndarray:
+        out = np.zeros(n, dtype=np.float32)
+        with self.lock:
+            if not self.primed:
+                return out
+            take = min(n, self.count)
+            first = min(take, len(self.buf) - self.start)
+            out[:first] = self.buf[self.start:self.start + first]
+            out[first:take] = self.buf[:take - first]
+            self.start = (self.start + take) % len(self.buf)
+            self.count -= take
+            if take < n:  # ran dry: silence, and wait to refill to the target before playing again
+                self.underruns += 1
+                self.primed = False
+        return out
+
+
+class Speaker:
+    """Plays remote audio: resample to the device's rate, ring buffer, sounddevice OutputStream."""
+
+    def __init__(self, device: str | int | None = None, *, processor=None):
+        self.device = device
+        self.processor = processor
+        self.ring: RingBuffer | None = None
+        self._stream = None
+        self._resampler: av.AudioResampler | None = None
+        self._to_reference = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self.name = ""
+
+    def start(self) -> None:
+        sd = sounddevice()
+        dev = pick(list_audio_devices(), self.device, output=True)
+        rate = int(dev.default_rate) or RATE
+        try:
+            sd.check_output_settings(device=dev.index, samplerate=RATE, channels=1, dtype="float32")
+            rate = RATE
+        except Exception:
+            pass  # the device cannot do 48 kHz; resample to its own rate
+        self.ring = RingBuffer(rate)
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self._stream = sd.OutputStream(device=dev.index, samplerate=rate, channels=1, dtype="float32",
+                                       blocksize=rate // 50, callback=self._callback)
+        self._stream.start()
+        self.name = dev.name
+        log.info("speaker open: %s at %d Hz", dev.name, rate)
+
+    def play(self, frame: av.AudioFrame) -> None:
+        if self.processor is not None:
+            for ref in self._to_reference.resample(frame):
+                self.processor.process_render(ref.to_ndarray().reshape(-1))
+        if self.ring is None or self._resampler is None:
+            return
+        for out in self._resampler.resample(frame):
+            self.ring.write(out.to_ndarray().reshape(-1))
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        outdata[:, 0] = self.ring.read(frames)
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None
+            log.info("speaker closed: %s", self.name)
+
+
+def open_or_report(opener: Callable[[], None], kind: str) -> str | None:
+    """Run a device opener; return None on success or a sentence naming what is missing and why."""
+    try:
+        opener()
+        return None
+    except DeviceMissing as exc:
+        return str(exc)
+    except Exception as exc:  # PortAudio errors: device busy, unsupported format, unplugged
+        return f"the {kind} could not be opened: {exc}"

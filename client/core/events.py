@@ -1,0 +1,67 @@
+"""What the engine tells its listeners (the Qt bridge, the headless runner, tests): one frozen dataclass per event."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.protocol import UserInfo
+
+
+@dataclass(frozen=True)
+class ConnectionChanged:
+    state: str  # connecting, online, reconnecting, offline
+    reason: str
+
+
+@dataclass(frozen=True)
+class UsersChanged:
+    users: tuple[UserInfo, ...]  # everyone else on the server, with status
+
+
+@dataclass(frozen=True)
+class IncomingCall:
+    call_id: str
+    peer: str
+    display_name: str
+    media: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CallChanged:
+    call_id: str
+    peer: str
+    direction: str  # outgoing or incoming
+    state: str  # ringing, connecting, active, reconnecting, ended
+    reason: str | None  # why it ended
+    media: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeviceProblem:
+    kind: str  # microphone, speaker, camera
+    message: str | None  # None when the problem went away
+
+
+@dataclass(frozen=True)
+class ServerError:
+    code: str
+    message: str
+    ref: str | None
+
+
+@dataclass(frozen=True)
+class ChannelText:
+    channel: str
+    sender: str
+    text: str
+    ts: float
+
+
+@dataclass(frozen=True)
+class RemoteVideo:
+    call_id: str
+    frame: object  # av.VideoFrame
+
+
+Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | ChannelText
+         | RemoteVideo)

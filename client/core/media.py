@@ -1,0 +1,202 @@
+"""The local devices a call uses, shared through MediaRelay and opened and closed by reference count."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamTrack
+
+from . import camera as cams
+from .audio import DeviceMissing, Microphone, Speaker, open_or_report
+from .tracks import (
+    AudioTrack,
+    BlackSource,
+    CameraSource,
+    MicrophoneSource,
+    PatternSource,
+    SilenceSource,
+    ToneSource,
+    VideoTrack,
+)
+
+log = logging.getLogger("callbox.media")
+
+
+class LocalMedia:
+    """Microphone, speaker and camera for every call of one engine.
+
+    Each call subscribes to one relay proxy per kind; the device opens with the first subscriber and closes
+    when the last proxy ends (a sender stops its track when its call ends). A repaired peer connection
+    subscribes again and reuses the open device. A device that is missing is reported in `problems` and
+    replaced by silence or a test pattern, so calls still connect."""
+
+    def __init__(self, *, tone_hz: float | None = None, pattern: bool = False, microphone=None, speaker=None,
+                 camera: str | None = None, echo_cancellation: bool = True, playback: bool = True,
+                 on_problem: Callable[[str, str | None], None] = lambda kind, why: None):
+        self.tone_hz = tone_hz
+        self.pattern = pattern
+        self.microphone_id, self.speaker_id, self.camera_id = microphone, speaker, camera
+        self.on_problem = on_problem
+        self.playback = playback  # False: remote audio is counted and analysed but not played (tests, tones)
+        self.problems: dict[str, str] = {}
+        self.processor = None
+        if tone_hz is None:  # a synthetic source has no echo to cancel
+            from .aec import create_processor
+
+            self.processor = create_processor(echo_cancellation)
+        self.muted = False
+        self.camera_on = True
+        self._relay = MediaRelay()
+        self._audio: AudioTrack | None = None
+        self._video: VideoTrack | None = None
+        self._proxies: dict[str, set[MediaStreamTrack]] = {"audio": set(), "video": set()}
+        self._speaker: Speaker | None = None
+        self._speaker_users = 0
+
+    # ------------------------------------------------------------ problems
+
+    def _report(self, kind: str, why: str | None) -> None:
+        if why is None:
+            if self.problems.pop(kind, None) is not None:
+                self.on_problem(kind, None)
+        elif self.problems.get(kind) != why:
+            self.problems[kind] = why
+            log.warning("%s: %s", kind, why)
+            self.on_problem(kind, why)
+
+    # ------------------------------------------------------------ audio out
+
+    def subscribe_audio(self) -> MediaStreamTrack:
+        if self._audio is None:
+            self._audio = AudioTrack(self._audio_source())
+            self._audio.muted = self.muted
+        return self._proxy("audio", self._audio)
+
+    def _audio_source(self):
+        if self.tone_hz is not None:
+            return ToneSource(self.tone_hz)
+        mic = Microphone(self.microphone_id, processor=self.processor)
+        why = open_or_report(mic.start, "microphone")
+        self._report("microphone", why)
+        return SilenceSource() if why else MicrophoneSource(mic)
+
+    @property
+    def mic_level(self) -> float:
+        return self._audio.source.level if self._audio is not None else 0.0
+
+    def set_muted(self, muted: bool) -> None:
+        self.muted = muted
+        if self._audio is not None:
+            self._audio.muted = muted
+
+    def switch_microphone(self, device) -> None:
+        self.microphone_id = device
+        if self._audio is not None and self.tone_hz is None:
+            self._audio.replace_source(self._audio_source())
+
+    # ------------------------------------------------------------ video out
+
+    def subscribe_video(self) -> MediaStreamTrack:
+        if self._video is None:
+            self._video = VideoTrack(self._video_source())
+        return self._proxy("video", self._video)
+
+    def _video_source(self):
+        if not self.camera_on:
+            return BlackSource()
+        if self.pattern:
+            return PatternSource()
+        try:
+            found = cams.list_cameras()
+            if not found:
+                raise DeviceMissing("no camera was found; sending a test pattern instead")
+            cam = next((c for c in found if c.id == self.camera_id), found[0])
+            source = CameraSource(cams.open_camera(cam), cam.name)
+        except DeviceMissing as exc:
+            self._report("camera", str(exc))
+            return PatternSource()
+        self._report("camera", None)
+        return source
+
+    def set_camera(self, on: bool) -> None:
+        """Camera off releases the device and sends black frames in the same slot; no renegotiation."""
+        self.camera_on = on
+        if self._video is not None:
+            self._video.replace_source(self._video_source())
+
+    def switch_camera(self, camera_id: str) -> None:
+        self.camera_id = camera_id
+        if self._video is not None and self.camera_on:
+            self._video.replace_source(self._video_source())
+
+    # ------------------------------------------------------------ sharing
+
+    def _proxy(self, kind: str, track: MediaStreamTrack) -> MediaStreamTrack:
+        proxy = self._relay.subscribe(track, buffered=(kind == "audio"))
+        self._proxies[kind].add(proxy)
+        proxy.on("ended", lambda: self._release(kind, proxy))
+        return proxy
+
+    def _release(self, kind: str, proxy: MediaStreamTrack) -> None:
+        users = self._proxies[kind]
+        users.discard(proxy)
+        if users:
+            return
+        track = self._audio if kind == "audio" else self._video
+        if kind == "audio":
+            self._audio = None
+        else:
+            self._video = None
+        if track is not None:
+            track.stop()  # closes the device; the relay's reader sees the end and stops
+            log.info("%s device released", kind)
+
+    # ------------------------------------------------------------ speaker
+
+    def acquire_speaker(self) -> Speaker | None:
+        self._speaker_users += 1
+        if self._speaker is None:
+            spk = Speaker(self.speaker_id, processor=self.processor)
+            if self.playback:
+                self._report("speaker", open_or_report(spk.start, "speaker"))
+            self._speaker = spk  # without a device it still feeds the echo canceller's reference
+        return self._speaker
+
+    def release_speaker(self) -> None:
+        self._speaker_users = max(0, self._speaker_users - 1)
+        if self._speaker_users == 0 and self._speaker is not None:
+            self._speaker.stop()
+            self._speaker = None
+
+    def switch_speaker(self, device) -> None:
+        self.speaker_id = device
+        if self._speaker is not None:
+            old = self._speaker
+            spk = Speaker(device, processor=self.processor)
+            why = open_or_report(spk.start, "speaker")
+            self._report("speaker", why)
+            self._speaker = spk
+            old.stop()
+
+    def play(self, frame) -> None:
+        if self._speaker is not None:
+            self._speaker.play(frame)
+
+    # ------------------------------------------------------------ end
+
+    def close(self) -> None:
+        for kind in ("audio", "video"):
+            for proxy in list(self._proxies[kind]):
+                proxy.stop()
+        if self._speaker is not None:
+            self._speaker.stop()
+            self._speaker = None
+        if self.processor is not None:
+            self.processor.close()
+
+    @property
+    def open_devices(self) -> int:
+        """How many local tracks or speakers are open now (leak checks read it)."""
+        return (self._audio is not None) + (self._video is not None) + (self._speaker is not None)

@@ -1,0 +1,181 @@
+"""One RTCPeerConnection for one call: local tracks in, remote media out to the speaker and to counters."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.sdp import candidate_from_sdp
+
+from .media import LocalMedia
+from .tracks import dominant_hz, read_counter
+
+log = logging.getLogger("callbox.peer")
+
+CLOSE_TIMEOUT = 5.0
+
+
+@dataclass
+class Received:
+    """What arrived from the other side in one call, across every peer connection it had."""
+
+    audio_frames: int = 0
+    video_frames: int = 0
+    width: int = 0
+    height: int = 0
+    first_audio: float | None = None  # monotonic time of the first decoded remote audio frame
+    last_media: float | None = None
+    counters: list[int] = field(default_factory=list)  # pattern counters read (first and latest kept)
+    recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last second of remote audio blocks
+
+    def dominant_hz(self) -> float | None:
+        if not self.recent:
+            return None
+        return round(dominant_hz(np.concatenate(list(self.recent))), 1)
+
+
+def ice_config(servers: list[dict]) -> RTCConfiguration:
+    """RTCConfiguration from settings; none by default, which keeps LAN calls from waiting on STUN."""
+    return RTCConfiguration(iceServers=[
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers
+    ])
+
+
+class PeerSession:
+    def __init__(self, call_id: str, media: LocalMedia, received: Received, *, kinds: tuple[str, ...],
+                 ice_servers: list[dict], analyze_video: bool = False,
+                 on_state: Callable[[str], None] = lambda s: None,
+                 on_video: Callable[[object], None] | None = None):
+        self.call_id = call_id
+        self.media = media
+        self.received = received
+        self.kinds = kinds
+        self.analyze_video = analyze_video
+        self.on_video = on_video
+        self.pc = RTCPeerConnection(ice_config(ice_servers))
+        self.tasks: set[asyncio.Task] = set()
+        self.senders: dict[str, object] = {}
+        self._speaker = None
+        self._closed = False
+
+        @self.pc.on("connectionstatechange")
+        def _changed() -> None:
+            on_state(self.pc.connectionState)
+
+        @self.pc.on("track")
+        def _track(track: MediaStreamTrack) -> None:
+            consume = self._consume_audio if track.kind == "audio" else self._consume_video
+            task = asyncio.get_running_loop().create_task(consume(track))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _add_local_tracks(self) -> None:
+        for kind in self.kinds:
+            track = self.media.subscribe_audio() if kind == "audio" else self.media.subscribe_video()
+            self.senders[kind] = self.pc.addTrack(track)
+
+    async def offer(self) -> str:
+        self._add_local_tracks()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp  # aiortc puts every candidate in the SDP
+
+    async def answer(self, sdp: str) -> str:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            kind = transceiver.kind
+            if kind in self.kinds and kind not in self.senders:
+                track = self.media.subscribe_audio() if kind == "audio" else self.media.subscribe_video()
+                transceiver.sender.replaceTrack(track)
+                transceiver.direction = "sendrecv"
+                self.senders[kind] = transceiver.sender
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def add_candidate(self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None) -> None:
+        """A trickled candidate from a peer that sends them (browsers). An empty one ends the list."""
+        if not candidate:
+            return
+        cand = candidate_from_sdp(candidate.removeprefix("candidate:"))
+        cand.sdpMid, cand.sdpMLineIndex = sdp_mid, sdp_mline_index
+        await self.pc.addIceCandidate(cand)
+
+    async def _consume_audio(self, track: MediaStreamTrack) -> None:
+        self._speaker = self.media.acquire_speaker()
+        r = self.received
+        try:
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                r.audio_frames += 1
+                r.last_media = now
+                if r.first_audio is None:
+                    r.first_audio = now
+                samples = frame.to_ndarray()
+                r.recent.append(samples.reshape(-1, len(frame.layout.channels))[:, 0])
+                self.media.play(frame)
+        except MediaStreamError:
+            pass
+
+    async def _consume_video(self, track: MediaStreamTrack) -> None:
+        r = self.received
+        try:
+            while True:
+                frame = await track.recv()
+                r.video_frames += 1
+                r.last_media = time.monotonic()
+                r.width, r.height = frame.width, frame.height
+                if self.analyze_video:
+                    count = read_counter(frame.to_ndarray(format="gray"))
+                    if len(r.counters) < 2:
+                        r.counters.append(count)
+                    else:
+                        r.counters[1] = count
+                if self.on_video is not None:
+                    self.on_video(frame)
+        except MediaStreamError:
+            pass
+
+    async def stats(self) -> dict:
+        """Round-trip time, loss and bitrate figures for a quality indicator."""
+        out = {"rtt_ms": None, "packets_lost": 0, "packets_received": 0, "bytes_received": 0}
+        with contextlib.suppress(Exception):
+            for s in (await self.pc.getStats()).values():
+                if s.type == "remote-inbound-rtp" and getattr(s, "roundTripTime", None) is not None:
+                    out["rtt_ms"] = round(s.roundTripTime * 1000, 1)
+                elif s.type == "inbound-rtp":
+                    out["packets_lost"] += s.packetsLost or 0
+                    out["packets_received"] += s.packetsReceived or 0
+                    out["bytes_received"] += s.bytesReceived or 0
+        return out
+
+    async def close(self) -> None:
+        """Close under a timeout, stop our tracks and consumers ourselves, and drop references."""
+        if self._closed:
+            return
+        self._closed = True
+        for sender in self.senders.values():
+            if sender.track is not None:
+                sender.track.stop()  # ends the relay proxy; the device closes with its last user
+        try:
+            await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("call %s: peer connection did not close within %.0f s", self.call_id, CLOSE_TIMEOUT)
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._speaker is not None:
+            self.media.release_speaker()
+            self._speaker = None
+        self.senders.clear()
+        self.pc.remove_all_listeners()

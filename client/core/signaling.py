@@ -1,0 +1,259 @@
+"""The signaling client: one WebSocket to the server, reconnect with backoff, resume, an ordered outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from shared import protocol as p
+
+log = logging.getLogger("callbox.signaling")
+
+
+class ConnState(str, Enum):
+    CONNECTING = "connecting"  # first attempt
+    ONLINE = "online"
+    RECONNECTING = "reconnecting"  # lost it; retrying on its own
+    OFFLINE = "offline"  # stopped, or refused for good (wrong token, name taken)
+
+
+class Refused(Exception):
+    """The server answered hello with an error that a retry may fix."""
+
+
+class OutboxFull(Exception):
+    """More messages were sent while disconnected than the outbox holds."""
+
+
+# Errors from the server that retrying cannot fix.
+FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL}
+
+
+def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
+    """Delay before retry number `attempt` (0-based): at most `first` at first, doubling, capped, with jitter."""
+    return min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def explain(exc: BaseException, url: str) -> str:
+    """A sentence a person understands for why a connection could not be made."""
+    if isinstance(exc, InvalidURI):
+        return f"'{url}' is not a ws:// or wss:// address"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's TLS certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS problem talking to the server ({exc.reason or exc})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "the server refused the connection; is it running on that port?"
+    if isinstance(exc, socket.gaierror):
+        return "the server's address was not found"
+    if isinstance(exc, TimeoutError):
+        return "the server did not answer in time"
+    if isinstance(exc, InvalidHandshake):
+        return f"that address did not answer as a Callbox server ({exc})"
+    if isinstance(exc, ConnectionClosed):
+        return "the connection was lost"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__
+
+
+class SignalingClient:
+    """Keeps one session with a Callbox server alive. Every message sent goes through the outbox, in order."""
+
+    def __init__(
+        self,
+        url: str,
+        user_id: str,
+        display_name: str,
+        *,
+        token: str | None = None,
+        on_message: Callable[[p.Message], None] = lambda m: None,
+        on_state: Callable[[ConnState, str], None] = lambda s, why: None,
+        active_calls: Callable[[], list[p.ActiveCall]] = list,
+        outbox_limit: int = 500,
+        first_retry: float = 0.5,
+        max_retry: float = 5.0,
+        ping_interval: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        self.url = url
+        self.user_id = user_id
+        self.display_name = display_name
+        self.token = token
+        self.on_message = on_message
+        self.on_state = on_state
+        self.active_calls = active_calls
+        self.outbox_limit = outbox_limit
+        self.first_retry, self.max_retry = first_retry, max_retry
+        self.ping_interval = ping_interval
+        self.ssl_context = ssl_context
+        self.state = ConnState.OFFLINE
+        self.reason = ""
+        self.resume_token: str | None = None
+        self.users: dict[str, p.UserInfo] = {}
+        self.channels: set[str] = set()
+        self.server_info: p.ServerInfo | None = None
+        self._outbox: deque[str] = deque()
+        self._ws: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self.connects = 0  # sessions established, fresh or resumed; tests and reports read it
+
+    # ------------------------------------------------------------ public
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"signaling-{self.user_id}")
+
+    async def stop(self, *, bye: bool = True) -> None:
+        """Leave for good: say bye (so the server skips the resume grace) and close."""
+        self._stopping = True
+        ws = self._ws
+        if ws is not None and bye and self.state is ConnState.ONLINE:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.send(p.Bye().encode()), 1)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+        self._set_state(ConnState.OFFLINE, "stopped")
+
+    def send(self, msg: p.Message) -> None:
+        """Queue a message; it goes out now if online, or in order after the next (re)connect."""
+        if len(self._outbox) >= self.outbox_limit:
+            raise OutboxFull(f"{len(self._outbox)} messages are waiting for the connection; the limit is "
+                             f"{self.outbox_limit}")
+        self._outbox.append(msg.encode())
+        self._wake.set()
+
+    def join(self, channel: str) -> None:
+        self.channels.add(channel)
+        self.send(p.Join(channel=channel))
+
+    def leave(self, channel: str) -> None:
+        self.channels.discard(channel)
+        self.send(p.Leave(channel=channel))
+
+    @property
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    def drop_connection(self) -> None:
+        """Cut the TCP connection with no close frame (tests and fault injection)."""
+        if self._ws is not None:
+            self._ws.transport.abort()
+
+    # ------------------------------------------------------------ loop
+
+    def _set_state(self, state: ConnState, reason: str = "") -> None:
+        if state is not self.state or reason != self.reason:
+            self.state, self.reason = state, reason
+            log.info("%s: %s%s", self.user_id, state.value, f" ({reason})" if reason else "")
+            self.on_state(state, reason)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            self._set_state(ConnState.CONNECTING if self.connects == 0 and attempt == 0
+                            else ConnState.RECONNECTING, self.reason)
+            try:
+                async with connect(self.url, ssl=self.ssl_context, open_timeout=5, close_timeout=1,
+                                   ping_interval=self.ping_interval, ping_timeout=self.ping_interval,
+                                   max_size=4 * p.MAX_MESSAGE_BYTES) as ws:
+                    self._ws = ws
+                    if not await self._login(ws):
+                        return
+                    attempt = 0
+                    await self._session(ws)
+                why = "the server closed the connection"
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed, Refused,
+                    p.ProtocolError) as exc:
+                why = explain(exc, self.url)
+                if isinstance(exc, InvalidURI):
+                    self._set_state(ConnState.OFFLINE, why)
+                    return
+            finally:
+                self._ws = None
+            if self._stopping:
+                return
+            delay = backoff(attempt, first=self.first_retry, cap=self.max_retry)
+            attempt += 1
+            self._set_state(ConnState.RECONNECTING, why)
+            log.info("%s: retry %d in %.2f s", self.user_id, attempt, delay)
+            await asyncio.sleep(delay)
+
+    async def _login(self, ws: ClientConnection) -> bool:
+        hello = p.Hello(protocol=p.PROTOCOL_VERSION, user_id=self.user_id, display_name=self.display_name,
+                        token=self.token, resume_token=self.resume_token, calls=tuple(self.active_calls()))
+        await ws.send(hello.encode())
+        reply = p.decode(await asyncio.wait_for(ws.recv(), 10))
+        if isinstance(reply, p.Error):
+            if reply.code in FATAL:
+                self._set_state(ConnState.OFFLINE, reply.message)
+                await ws.close()
+                return False
+            raise Refused(reply.message)
+        if not isinstance(reply, p.ConnectionEstablished):
+            raise InvalidHandshake(f"expected connection_established, got {reply.type}")
+        self.resume_token = reply.resume_token
+        self.server_info = reply.server
+        self.users = {u.user_id: u for u in reply.users}
+        self.connects += 1
+        if not reply.resumed:
+            # A fresh session: the server forgot our channels. Rejoin them ahead of anything queued.
+            self._outbox.extendleft(reversed([p.Join(channel=c).encode() for c in sorted(self.channels)]))
+        self._set_state(ConnState.ONLINE, "resumed" if reply.resumed else "")
+        self.on_message(reply)
+        return True
+
+    async def _session(self, ws: ClientConnection) -> None:
+        writer = asyncio.create_task(self._write(ws))
+        try:
+            async for raw in ws:
+                try:
+                    msg = p.decode(raw)
+                except p.ProtocolError as exc:
+                    log.warning("%s: ignored a bad message from the server: %s", self.user_id, exc)
+                    continue
+                if isinstance(msg, p.Presence):
+                    self._presence(msg)
+                try:
+                    self.on_message(msg)
+                except Exception:
+                    log.exception("%s: handler failed on %s", self.user_id, msg.type)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _write(self, ws: ClientConnection) -> None:
+        """Drain the outbox in order. A message leaves the outbox only once the socket took it."""
+        while True:
+            while self._outbox:
+                await ws.send(self._outbox[0])
+                self._outbox.popleft()
+            self._wake.clear()
+            await self._wake.wait()
+
+    def _presence(self, msg: p.Presence) -> None:
+        if msg.status == "offline":
+            self.users.pop(msg.user_id, None)
+        else:
+            self.users[msg.user_id] = p.UserInfo(user_id=msg.user_id, display_name=msg.display_name,
+                                                 status=msg.status)

@@ -1,0 +1,119 @@
+"""`callbox --headless`: place or answer real calls from the command line, and report what arrived as JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import time
+
+from .core import events as ev
+from .core.engine import CallSession, Engine, EngineConfig
+from .core.media import LocalMedia
+
+log = logging.getLogger("callbox.headless")
+
+NORMAL_ENDS = {"hangup"}
+WAIT_FOR_PEER = 15.0  # seconds --call waits for the callee to come online
+
+
+def add_arguments(ap) -> None:
+    g = ap.add_argument_group("headless mode")
+    g.add_argument("--headless", action="store_true", help="run without a window")
+    g.add_argument("--server", help="ws:// or wss:// address of the signaling server")
+    g.add_argument("--user", help="your user id")
+    g.add_argument("--display-name", help="the name others see (default: the user id)")
+    g.add_argument("--token", help="the server's shared secret, if it has one")
+    g.add_argument("--call", metavar="USER", help="call this user once it is online")
+    g.add_argument("--video", action="store_true", help="video too (a test pattern when there is no camera)")
+    g.add_argument("--auto-answer", action="store_true", help="accept incoming calls")
+    g.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone instead of the microphone")
+    g.add_argument("--duration", type=float, metavar="SECONDS", help="hang up this long after the call is active")
+    g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
+
+
+def call_report(s: CallSession) -> dict:
+    r = s.received
+    accepted = s.accepted_at
+    return {
+        "call_id": s.call.call_id,
+        "peer": s.call.callee if s.direction == "outgoing" else s.call.caller,
+        "direction": s.direction,
+        "media": list(s.call.media),
+        "states": [{"state": st, "time": round(t, 3)} for st, t in s.times],
+        "setup_ms": round((r.first_audio - accepted) * 1000, 1) if r.first_audio and accepted else None,
+        "audio": {"frames": r.audio_frames, "dominant_hz": r.dominant_hz()},
+        "video": {"frames": r.video_frames, "width": r.width, "height": r.height,
+                  "counter_first": r.counters[0] if r.counters else None,
+                  "counter_last": r.counters[-1] if r.counters else None},
+        "peer_connections": s.attempts,
+        "end_reason": s.call.reason if not s.call.live else None,
+    }
+
+
+async def run(args) -> int:
+    # A tone run is a test of the path: it leaves the sound card alone and sends a pattern, not the camera.
+    synthetic = args.tone is not None
+    media = LocalMedia(tone_hz=args.tone, pattern=args.video and synthetic, playback=not synthetic)
+    engine = Engine(EngineConfig(server=args.server, user_id=args.user, display_name=args.display_name or args.user,
+                                 token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media)
+    done = asyncio.Event()
+    handled: set[str] = set()
+    ended_for_good = asyncio.Event()
+
+    def on_event(e) -> None:
+        if isinstance(e, ev.CallChanged):
+            log.info("call %s with %s: %s%s", e.call_id, e.peer, e.state, f" ({e.reason})" if e.reason else "")
+            handled.add(e.call_id)
+            if e.state == "active" and args.duration is not None:
+                asyncio.get_running_loop().call_later(args.duration, engine.hangup, e.call_id)
+            if e.state == "ended" and not any(s.call.live for s in engine.sessions.values()
+                                              if s.call.call_id != e.call_id):
+                done.set()
+        elif isinstance(e, ev.ConnectionChanged):
+            log.info("signaling %s%s", e.state, f": {e.reason}" if e.reason else "")
+            if e.state == "offline" and e.reason != "stopped":
+                ended_for_good.set()
+                done.set()
+        elif isinstance(e, ev.DeviceProblem) and e.message:
+            log.warning("%s: %s", e.kind, e.message)
+        elif isinstance(e, ev.ServerError):
+            log.warning("server: %s (%s)", e.message, e.code)
+
+    engine.subscribe(on_event)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await engine.start()
+    try:
+        if args.call:
+            if not await _wait_for(engine, args.call):
+                log.error("%s did not come online within %.0f s", args.call, WAIT_FOR_PEER)
+                return 1
+            engine.call(args.call, video=args.video)
+        await done.wait()
+    finally:
+        await engine.stop()
+        await asyncio.sleep(0)
+        calls = [call_report(s) for s in engine.finished]
+        if args.report:
+            with open(args.report, "w") as f:
+                json.dump({"user": args.user, "connects": engine.signaling.connects,
+                           "devices": media.problems, "calls": calls}, f, indent=2)
+    if ended_for_good.is_set():
+        return 1
+    ok = bool(calls) and all(c["end_reason"] in NORMAL_ENDS and any(st["state"] == "active" for st in c["states"])
+                             for c in calls)
+    if not calls and not (args.call or args.auto_answer):
+        ok = True  # stayed online until told to stop; nothing was asked of it
+    return 0 if ok else 1
+
+
+async def _wait_for(engine: Engine, user: str) -> bool:
+    deadline = time.monotonic() + WAIT_FOR_PEER
+    while time.monotonic() < deadline:
+        if user in engine.signaling.users and engine.connection.value == "online":
+            return True
+        await asyncio.sleep(0.05)
+    return False
