@@ -10,7 +10,7 @@ import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -20,7 +20,7 @@ from shared import protocol as p
 log = logging.getLogger("callbox.signaling")
 
 
-class ConnState(str, Enum):
+class ConnState(StrEnum):
     CONNECTING = "connecting"  # first attempt
     ONLINE = "online"
     RECONNECTING = "reconnecting"  # lost it; retrying on its own

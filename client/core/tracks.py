@@ -1,4 +1,4 @@
-"""Local media tracks for aiortc: audio from a microphone, a tone or silence; video from a camera, a test pattern or black."""
+"""Local media tracks for aiortc: microphone, tone or silence for audio; camera, test pattern or black for video."""
 
 from __future__ import annotations
 
