@@ -59,17 +59,18 @@ async def run(args) -> int:
     engine = Engine(EngineConfig(server=args.server, user_id=args.user, display_name=args.display_name or args.user,
                                  token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media)
     done = asyncio.Event()
-    handled: set[str] = set()
+    mine: set[str] = set()  # calls this process made or answered; calls it let ring do not count
     ended_for_good = asyncio.Event()
 
     def on_event(e) -> None:
         if isinstance(e, ev.CallChanged):
             log.info("call %s with %s: %s%s", e.call_id, e.peer, e.state, f" ({e.reason})" if e.reason else "")
-            handled.add(e.call_id)
+            if e.direction == "outgoing" or e.state == "connecting":
+                mine.add(e.call_id)
             if e.state == "active" and args.duration is not None:
                 asyncio.get_running_loop().call_later(args.duration, engine.hangup, e.call_id)
-            if e.state == "ended" and not any(s.call.live for s in engine.sessions.values()
-                                              if s.call.call_id != e.call_id):
+            if e.state == "ended" and e.call_id in mine and not any(
+                    s.call.live for s in engine.sessions.values() if s.call.call_id in mine - {e.call_id}):
                 done.set()
         elif isinstance(e, ev.ConnectionChanged):
             log.info("signaling %s%s", e.state, f": {e.reason}" if e.reason else "")
@@ -103,9 +104,10 @@ async def run(args) -> int:
                            "devices": media.problems, "calls": calls}, f, indent=2)
     if ended_for_good.is_set():
         return 1
-    ok = bool(calls) and all(c["end_reason"] in NORMAL_ENDS and any(st["state"] == "active" for st in c["states"])
-                             for c in calls)
-    if not calls and not (args.call or args.auto_answer):
+    judged = [c for c in calls if c["call_id"] in mine]
+    ok = bool(judged) and all(c["end_reason"] in NORMAL_ENDS and any(st["state"] == "active" for st in c["states"])
+                              for c in judged)
+    if not judged and not (args.call or args.auto_answer):
         ok = True  # stayed online until told to stop; nothing was asked of it
     return 0 if ok else 1
 
