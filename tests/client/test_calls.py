@@ -1,6 +1,7 @@
 """Calls end to end: a real server on port 0, real aiortc peers, synthetic tones and test patterns."""
 
 import asyncio
+import itertools
 
 import numpy as np
 
@@ -150,7 +151,7 @@ async def test_server_restart_mid_call_keeps_media_and_restores_presence():
                 await asyncio.sleep(0.3)
                 counts.append((alice.session(call_id).received.audio_frames,
                                bob.session(call_id).received.audio_frames))
-            assert all(b[0] > a[0] and b[1] > a[1] for a, b in zip(counts, counts[1:])), counts
+            assert all(b[0] > a[0] and b[1] > a[1] for a, b in itertools.pairwise(counts)), counts
             srv = SignalingServer("127.0.0.1", port, config=HubConfig(**cfg), ping_timeout=0.1)
             await srv.start()
             for p in (alice, bob):
