@@ -14,6 +14,8 @@ from . import headless
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="callbox", description="Voice and video calls across the LAN.")
+    ap.add_argument("--profile", default="default", metavar="NAME",
+                    help="keep settings, history and identity apart (run two side by side)")
     headless.add_arguments(ap)
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--version", action="version", version=f"callbox {__version__}")
@@ -28,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("aioice", "aiortc", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.headless:
-        ap.error("the desktop window is not part of this build yet; use --headless")
+        from .ui.app import main as app_main
+
+        try:
+            return app_main(args.profile)
+        except ValueError as exc:  # a bad profile name
+            ap.error(str(exc))
     missing = [flag for flag, value in (("--server", args.server), ("--user", args.user)) if not value]
     if missing:
         ap.error(f"--headless needs {' and '.join(missing)}")

@@ -190,7 +190,7 @@ class Engine:
     def _changed(self, s: CallSession) -> None:
         c = s.call
         self._emit(ev.CallChanged(c.call_id, c.peer_of(self.config.user_id), s.direction, c.state.value,
-                                  c.reason if c.state is State.ENDED else None, c.media))
+                                  c.reason if c.state is State.ENDED else None, c.media, s.peer_name))
 
     def _name_of(self, user_id: str) -> str:
         info = self.signaling.users.get(user_id)

@@ -34,6 +34,7 @@ class CallChanged:
     state: str  # ringing, connecting, active, reconnecting, ended
     reason: str | None  # why it ended
     media: tuple[str, ...]
+    display_name: str = ""  # the other party's name
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,55 @@
+"""The ringtone: a WAV from assets played in a loop on the speaker until the call is answered or gone."""
+
+from __future__ import annotations
+
+import logging
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from .audio import DeviceMissing, sounddevice
+
+log = logging.getLogger("callbox.ringtone")
+
+
+class Ringtone:
+    def __init__(self, path: Path, device=None):
+        with wave.open(str(path)) as w:
+            self.rate = w.getframerate()
+            raw = w.readframes(w.getnframes())
+        self.samples = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768
+        self.device = device
+        self._stream = None
+        self._pos = 0
+        self.problem: str | None = None
+
+    @property
+    def playing(self) -> bool:
+        return self._stream is not None
+
+    def start(self) -> None:
+        if self._stream is not None:
+            return
+        try:
+            sd = sounddevice()
+            self._pos = 0
+            self._stream = sd.OutputStream(samplerate=self.rate, channels=1, dtype="float32",
+                                           device=self.device or None, callback=self._callback)
+            self._stream.start()
+        except (DeviceMissing, Exception) as exc:  # no sound card: ring silently, the window still shows it
+            self.problem = str(exc)
+            self._stream = None
+            log.info("ringtone not played: %s", exc)
+
+    def _callback(self, outdata, frames, time_info, status) -> None:
+        n = len(self.samples)
+        idx = (np.arange(frames) + self._pos) % n
+        outdata[:, 0] = self.samples[idx]
+        self._pos = (self._pos + frames) % n
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+            self._stream = None

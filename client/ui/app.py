@@ -1,0 +1,171 @@
+"""The desktop app's lifetime: window first, then first run, server choice and the engine; settings; clean exit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+
+from PySide6.QtWidgets import QApplication, QDialog
+
+from client.core.engine import Engine, EngineConfig
+from client.core.history import History, recorder
+from client.core.media import LocalMedia
+from client.core.ringtone import Ringtone
+from client.core.settings import Profile, Settings, default_name, make_user_id
+from client.core.startup import Chosen, choose_server
+
+from .bridge import EngineBridge
+from .main_window import MainWindow
+from .resources import asset
+from .settings_dialog import SettingsDialog
+
+log = logging.getLogger("callbox.app")
+
+
+class App:
+    def __init__(self, profile: Profile, *, discover: bool = True, interfaces=None, host: str = "0.0.0.0",
+                 media_factory=None):
+        self.profile = profile
+        self.settings: Settings = profile.load()
+        self.history = History(profile.history_path)
+        self.discover, self.interfaces, self.host = discover, interfaces, host
+        self.media_factory = media_factory or self._real_media
+        self.window = MainWindow(self.history, profile.name)
+        self.window.ringtone = Ringtone(asset("ringtone.wav"))
+        self.window.named.connect(self.on_named)
+        self.window.open_settings.connect(self.on_settings)
+        self.engine: Engine | None = None
+        self.bridge: EngineBridge | None = None
+        self.chosen: Chosen | None = None
+        self.quit = asyncio.Event()
+        self._named = asyncio.Event()
+        self.shown_at: float | None = None
+
+    def _real_media(self, s: Settings) -> LocalMedia:
+        return LocalMedia(microphone=s.microphone or None, speaker=s.speaker or None, camera=s.camera or None,
+                          echo_cancellation=s.echo_cancellation)
+
+    async def start(self) -> None:
+        state = self.profile.load_window_state()
+        if "geometry" in state:
+            self.window.restoreGeometry(bytes.fromhex(state["geometry"]))
+        self.window.show()
+        self.shown_at = time.monotonic()
+        if not self.settings.display_name:
+            self.window.ask_name(default_name())
+            await self._named.wait()
+        if not self.settings.user_id:
+            self.settings.user_id = make_user_id(self.settings.display_name)
+            self.profile.save(self.settings)
+        await self.connect()
+
+    def on_named(self, name: str) -> None:
+        self.settings.display_name = name
+        self.profile.save(self.settings)
+        self._named.set()
+
+    async def connect(self) -> None:
+        s = self.settings
+        self.window.set_connection("connecting", "looking for a Callbox server on the network…"
+                                   if not s.server else "")
+        self.chosen = await choose_server(s.server, name=s.display_name, port=s.host_port, host=self.host,
+                                          discover=self.discover, interfaces=self.interfaces)
+        engine = Engine(EngineConfig(server=self.chosen.url, user_id=s.user_id, display_name=s.display_name,
+                                     token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s))
+        engine.subscribe(recorder(self.history))
+        self.bridge = EngineBridge(engine, self.window)
+        self.engine = engine
+        where = self.chosen.url if self.chosen.how != "hosted" else f"{self.chosen.server.url} (hosted here)"
+        self.window.attach(engine, self.bridge, where)
+        await engine.start()
+
+    async def disconnect(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+            self.engine = None
+        if self.bridge is not None:
+            self.bridge.deleteLater()
+            self.bridge = None
+        if self.chosen is not None:
+            await self.chosen.close()
+            self.chosen = None
+
+    def on_settings(self) -> None:
+        dialog = SettingsDialog(self.settings, self.chosen.found if self.chosen else [], self.window)
+        dialog.finished.connect(lambda result: self._settings_closed(dialog, result))
+        dialog.open()
+
+    def _settings_closed(self, dialog: SettingsDialog, result: int) -> None:
+        if result != QDialog.DialogCode.Accepted:
+            return
+        new = dialog.result_settings()
+        reconnect = (new.server, new.token, new.display_name, new.ice_servers, new.echo_cancellation) != (
+            self.settings.server, self.settings.token, self.settings.display_name, self.settings.ice_servers,
+            self.settings.echo_cancellation)
+        self.settings = new
+        self.profile.save(new)
+        if self.engine is not None:
+            media = self.engine.media
+            media.switch_microphone(new.microphone or None)
+            media.switch_speaker(new.speaker or None)
+            if new.camera:
+                media.switch_camera(new.camera)
+        if reconnect and not any(s.call.live for s in (self.engine.sessions.values() if self.engine else [])):
+            asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        await self.disconnect()
+        await self.connect()
+
+    async def shutdown(self) -> None:
+        self.profile.save_window_state({"geometry": bytes(self.window.saveGeometry()).hex()})
+        await self.disconnect()
+        self.window.ringtone.stop()
+        self.history.close()
+
+
+def has_screen() -> bool:
+    if os.environ.get("QT_QPA_PLATFORM") or sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+async def _serve_only() -> int:
+    """No screen: keep the LAN's embedded server running so others can call through it."""
+    from server.cli import run
+    from server.transport import SignalingServer
+
+    print("callbox: no screen found (DISPLAY is not set), so no window can open. Hosting the embedded "
+          "server for the LAN instead; stop it with Ctrl+C. Use `callbox --headless` to call from a terminal.",
+          file=sys.stderr)
+    await run(SignalingServer("0.0.0.0", 8765))
+    return 0
+
+
+def main(profile_name: str = "default") -> int:
+    import qasync
+
+    if not has_screen():
+        return asyncio.run(_serve_only())
+    profile = Profile(profile_name)
+    qapp = QApplication.instance() or QApplication(sys.argv[:1])
+    qapp.setApplicationName("Callbox")
+    qapp.setQuitOnLastWindowClosed(False)
+
+    async def run() -> int:
+        app = App(profile)
+        qapp.lastWindowClosed.connect(app.quit.set)
+        await app.start()
+        log.info("window shown %.0f ms after start", (app.shown_at - START) * 1000)
+        await app.quit.wait()
+        await app.shutdown()
+        return 0
+
+    with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(qapp)) as runner:
+        return runner.run(run())
+
+
+START = time.monotonic()

@@ -1,0 +1,58 @@
+"""The one bridge: engine events in, Qt signals out. Video frames become QImages here, newest frame only."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, QTimer, Signal
+from PySide6.QtGui import QImage
+
+from client.core import events as ev
+
+
+def to_qimage(frame) -> QImage:
+    """An av.VideoFrame as a QImage that owns its pixels."""
+    rgb = frame.to_ndarray(format="rgb24")
+    h, w = rgb.shape[:2]
+    return QImage(rgb.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+class EngineBridge(QObject):
+    connectionChanged = Signal(str, str)  # state, reason
+    usersChanged = Signal(list)  # [UserInfo]
+    incomingCall = Signal(str, str, str, list)  # call_id, peer, display name, media
+    callChanged = Signal(object)  # events.CallChanged
+    deviceProblem = Signal(str, str)  # kind, message ("" when solved)
+    serverError = Signal(str, str, str)  # code, message, ref
+    remoteVideo = Signal(str, QImage)  # call_id, frame
+
+    def __init__(self, engine, parent=None):
+        super().__init__(parent)
+        self.engine = engine
+        self._latest: dict[str, object] = {}
+        self._flush = QTimer(self, singleShot=True, interval=0)
+        self._flush.timeout.connect(self._emit_video)
+        engine.subscribe(self.on_event)
+
+    def on_event(self, e) -> None:
+        if isinstance(e, ev.RemoteVideo):
+            # Frames can arrive faster than the screen paints; keep the newest and convert it once per turn.
+            first = not self._latest
+            self._latest[e.call_id] = e.frame
+            if first:
+                self._flush.start()
+        elif isinstance(e, ev.ConnectionChanged):
+            self.connectionChanged.emit(e.state, e.reason)
+        elif isinstance(e, ev.UsersChanged):
+            self.usersChanged.emit(list(e.users))
+        elif isinstance(e, ev.IncomingCall):
+            self.incomingCall.emit(e.call_id, e.peer, e.display_name, list(e.media))
+        elif isinstance(e, ev.CallChanged):
+            self.callChanged.emit(e)
+        elif isinstance(e, ev.DeviceProblem):
+            self.deviceProblem.emit(e.kind, e.message or "")
+        elif isinstance(e, ev.ServerError):
+            self.serverError.emit(e.code, e.message, e.ref or "")
+
+    def _emit_video(self) -> None:
+        latest, self._latest = self._latest, {}
+        for call_id, frame in latest.items():
+            self.remoteVideo.emit(call_id, to_qimage(frame))

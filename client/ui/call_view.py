@@ -1,0 +1,309 @@
+"""The call page: ringing and in-call views, remote video with a local preview, controls, meter and quality."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from client.core import audio, camera
+from client.core.audio import DeviceMissing
+
+from .bridge import to_qimage
+from .resources import icon
+from .video import VideoView
+
+END_MESSAGES = {
+    "busy": "{name} is busy in another call.",
+    "no_answer": "{name} did not answer.",
+    "rejected": "{name} declined the call.",
+    "offline": "{name} is not online.",
+    "cancelled": "The call was cancelled.",
+    "hangup": "Call ended.",
+    "peer_disconnected": "{name} lost the connection; the call ended.",
+    "ice_failed": "The media connection to {name} could not be repaired; the call ended.",
+    "glare": "You and {name} called each other; one call went through.",
+}
+
+
+def end_message(reason: str | None, name: str) -> str:
+    return END_MESSAGES.get(reason or "", "Call ended ({reason}).").format(name=name, reason=reason)
+
+
+def clock(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+class CallPage(QWidget):
+    finished = Signal(str, str)  # call_id, message for the user
+
+    def __init__(self, engine, parent=None):
+        super().__init__(parent)
+        self.engine = engine
+        self.call_id: str | None = None
+        self.peer_name = ""
+        self.state = ""
+        self.active_since: float | None = None
+        self._preview_task: asyncio.Task | None = None
+        self._bytes = (0, time.monotonic())
+
+        self.name = QLabel(objectName="callName")
+        self.name.setStyleSheet("font-size: 20px; font-weight: 600;")
+        self.status = QLabel(objectName="callStatus")
+        self.quality = QLabel(objectName="callQuality")
+        self.quality.setToolTip("Call quality appears once media flows")
+        header = QHBoxLayout()
+        header.addWidget(self.name)
+        header.addWidget(self.status)
+        header.addStretch()
+        header.addWidget(self.quality)
+
+        self.remote = VideoView("Waiting for video…")
+        self.remote.setAccessibleName("Remote video")
+        self.preview = VideoView("", self.remote)
+        self.preview.setAccessibleName("Your camera")
+        self.preview.hide()
+        self.overlay = QLabel("Reconnecting…", self.remote)
+        self.overlay.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.overlay.setStyleSheet("background: rgba(0,0,0,150); color: white; font-size: 18px; padding: 12px;"
+                                   "border-radius: 8px;")
+        self.overlay.hide()
+
+        self.mute = self._button("mic", "Mute the microphone (Ctrl+Shift+M)", "Ctrl+Shift+M", checkable=True)
+        self.mute.toggled.connect(self.on_mute)
+        self.cam = self._button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
+        self.cam.toggled.connect(self.on_camera)
+        self.hang = self._button("hangup", "Hang up (Ctrl+Shift+E)", "Ctrl+Shift+E")
+        self.hang.setObjectName("hangup")
+        self.hang.setText("Hang up")
+        self.hang.setStyleSheet("QPushButton#hangup { background: #d93636; color: white; border-radius: 6px;"
+                                "padding: 6px 16px; } QPushButton#hangup:focus { border: 2px solid #ffd54a; }")
+        self.hang.clicked.connect(self.on_hangup)
+        self.level = QProgressBar(maximum=100, textVisible=False)
+        self.level.setFixedWidth(90)
+        self.level.setToolTip("Microphone level")
+        self.level.setAccessibleName("Microphone level")
+
+        controls = QHBoxLayout()
+        controls.addWidget(self.mute)
+        controls.addWidget(self.level)
+        controls.addWidget(self.cam)
+        controls.addStretch()
+        controls.addWidget(self.hang)
+
+        self.mic_pick = self._picker("Microphone", self.on_pick_microphone)
+        self.spk_pick = self._picker("Speaker", self.on_pick_speaker)
+        self.cam_pick = self._picker("Camera", self.on_pick_camera)
+        devices = QHBoxLayout()
+        for label, box in (("Mic", self.mic_pick), ("Speaker", self.spk_pick), ("Camera", self.cam_pick)):
+            text = QLabel(label)
+            text.setBuddy(box)
+            devices.addWidget(text)
+            devices.addWidget(box, 1)
+
+        layout = QVBoxLayout(self)
+        layout.addLayout(header)
+        layout.addWidget(self.remote, 1)
+        layout.addLayout(controls)
+        layout.addLayout(devices)
+
+        self.ticker = QTimer(self, interval=100)
+        self.ticker.timeout.connect(self.on_tick)
+        self.stats_timer = QTimer(self, interval=1000)
+        self.stats_timer.timeout.connect(self.on_stats_timer)
+
+    # ------------------------------------------------------------ building blocks
+
+    def _button(self, icon_name: str, tip: str, shortcut: str, checkable: bool = False) -> QPushButton:
+        b = QPushButton(icon(icon_name), "")
+        b.setToolTip(tip)
+        b.setAccessibleName(tip.split(" (")[0])
+        b.setCheckable(checkable)
+        b.setShortcut(QKeySequence(shortcut))
+        b.setMinimumHeight(36)
+        return b
+
+    def _picker(self, what: str, slot) -> QComboBox:
+        box = QComboBox()
+        box.setToolTip(f"{what} to use; switching takes effect at once, mid-call")
+        box.setAccessibleName(what)
+        box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        box.activated.connect(lambda _i, b=box: slot(b.currentData()))
+        return box
+
+    def fill_devices(self) -> None:
+        for box, lister in ((self.mic_pick, lambda: [(d.name, d.name) for d in audio.list_audio_devices()
+                                                      if d.inputs]),
+                            (self.spk_pick, lambda: [(d.name, d.name) for d in audio.list_audio_devices()
+                                                      if d.outputs]),
+                            (self.cam_pick, lambda: [(c.name, c.id) for c in camera.list_cameras()])):
+            box.clear()
+            try:
+                items = lister()
+            except DeviceMissing as exc:
+                items, why = [], str(exc)
+            else:
+                why = "none found"
+            if not items:
+                box.addItem(f"— {why} —", None)
+                box.setEnabled(False)
+                box.setToolTip(why)
+                continue
+            box.setEnabled(True)
+            for text, data in items:
+                box.addItem(text, data)
+
+    # ------------------------------------------------------------ driven by the main window
+
+    def start(self, call_id: str, peer_name: str, direction: str, media: list[str]) -> None:
+        self.call_id, self.peer_name, self.state = call_id, peer_name, "ringing"
+        self.active_since = None
+        self.name.setText(peer_name)
+        self.status.setText(f"Calling {peer_name}…" if direction == "outgoing" else "Connecting…")
+        self.hang.setText("Cancel" if direction == "outgoing" else "Hang up")
+        self.remote.clear("Waiting for video…" if "video" in media else "Audio call")
+        self.quality.setText("")
+        self.mute.setChecked(self.engine.media.muted)
+        self.cam.setEnabled("video" in media)
+        self.cam.setChecked(not self.engine.media.camera_on)
+        self.overlay.hide()
+        self.fill_devices()
+        self.ticker.start()
+        self.stats_timer.start()
+        if "video" in media:
+            self._start_preview()
+
+    def on_call_changed(self, e) -> None:
+        if e.call_id != self.call_id:
+            return
+        self.state = e.state
+        if e.state == "connecting":
+            self.status.setText("Connecting…")
+            self.hang.setText("Hang up")
+        elif e.state == "active":
+            if self.active_since is None:
+                self.active_since = time.monotonic()
+            self.overlay.hide()
+        elif e.state == "reconnecting":
+            self.overlay.show()
+            self._place_overlays()
+        elif e.state == "ended":
+            self.stop()
+            self.finished.emit(e.call_id, end_message(e.reason, self.peer_name))
+
+    def on_remote_frame(self, call_id: str, image) -> None:
+        if call_id == self.call_id:
+            self.remote.on_frame(image)
+
+    def stop(self) -> None:
+        self.ticker.stop()
+        self.stats_timer.stop()
+        if self._preview_task is not None:
+            self._preview_task.cancel()
+            self._preview_task = None
+        self.preview.hide()
+        self.overlay.hide()
+        self.call_id = None
+
+    # ------------------------------------------------------------ slots (callable from tests)
+
+    def on_hangup(self) -> None:
+        if self.call_id is not None:
+            self.engine.hangup(self.call_id)
+
+    def on_mute(self, muted: bool) -> None:
+        self.engine.set_muted(muted)
+        self.mute.setIcon(icon("mic-off" if muted else "mic"))
+        self.mute.setToolTip(("Unmute" if muted else "Mute") + " the microphone (Ctrl+Shift+M)")
+
+    def on_camera(self, off: bool) -> None:
+        self.engine.set_camera(not off)
+        self.cam.setIcon(icon("camera-off" if off else "camera"))
+        self.cam.setToolTip(("Turn the camera on" if off else "Turn the camera off") + " (Ctrl+Shift+V)")
+
+    def on_pick_microphone(self, name) -> None:
+        if name is not None:
+            self.engine.media.switch_microphone(name)
+
+    def on_pick_speaker(self, name) -> None:
+        if name is not None:
+            self.engine.media.switch_speaker(name)
+
+    def on_pick_camera(self, cam_id) -> None:
+        if cam_id is not None:
+            self.engine.media.switch_camera(cam_id)
+
+    def on_tick(self) -> None:
+        self.level.setValue(min(100, int(self.engine.media.mic_level * 300)))
+        if self.active_since is not None and self.state in ("active", "reconnecting"):
+            self.status.setText(clock(time.monotonic() - self.active_since))
+
+    def on_stats_timer(self) -> None:
+        if self.call_id is not None and self.state in ("active", "reconnecting"):
+            asyncio.ensure_future(self._update_quality(self.call_id))
+
+    async def _update_quality(self, call_id: str) -> None:
+        s = await self.engine.stats(call_id)
+        if not s or call_id != self.call_id:
+            return
+        now = time.monotonic()
+        prev_bytes, prev_t = self._bytes
+        kbps = max(0, s["bytes_received"] - prev_bytes) * 8 / 1000 / max(now - prev_t, 0.001)
+        self._bytes = (s["bytes_received"], now)
+        total = s["packets_received"] + s["packets_lost"]
+        loss = 100 * s["packets_lost"] / total if total else 0.0
+        rtt = s["rtt_ms"]
+        grade = "Good" if loss < 2 and (rtt or 0) < 150 else "Fair" if loss < 8 and (rtt or 0) < 400 else "Poor"
+        self.quality.setText(f"● {grade}")
+        color = {"Good": "#2e9d4f", "Fair": "#d9a400", "Poor": "#d93636"}[grade]
+        self.quality.setStyleSheet(f"color: {color}; font-weight: 600;")
+        self.quality.setToolTip(f"Round trip: {'—' if rtt is None else f'{rtt:.0f} ms'}\n"
+                                f"Packet loss: {loss:.1f}%\nReceiving: {kbps:.0f} kbit/s")
+
+    # ------------------------------------------------------------ local preview
+
+    def _start_preview(self) -> None:
+        self.preview.show()
+        self._place_overlays()
+        self._preview_task = asyncio.ensure_future(self._run_preview())
+
+    async def _run_preview(self) -> None:
+        track = self.engine.media.subscribe_video()
+        try:
+            n = 0
+            while True:
+                frame = await track.recv()
+                n += 1
+                if n % 2 == 0:  # half the frame rate is plenty for a thumbnail
+                    self.preview.on_frame(to_qimage(frame))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                track.stop()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._place_overlays()
+
+    def _place_overlays(self) -> None:
+        w, h = self.remote.width(), self.remote.height()
+        pw = max(120, w // 4)
+        self.preview.setGeometry(w - pw - 12, h - pw * 3 // 4 - 12, pw, pw * 3 // 4)
+        self.overlay.adjustSize()
+        self.overlay.move((w - self.overlay.width()) // 2, (h - self.overlay.height()) // 2)

@@ -1,0 +1,317 @@
+"""The main window: connection banner, contacts and history tabs, the incoming-call panel and the call page."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QPushButton,
+    QStackedWidget,
+    QSystemTrayIcon,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .call_view import CallPage
+from .contacts import ContactsPage
+from .history_view import HistoryPage
+from .resources import app_icon, icon
+
+CONNECTION_TEXT = {"connecting": "Connecting…", "online": "Online", "reconnecting": "Reconnecting…",
+                   "offline": "Offline"}
+
+
+class IncomingPanel(QFrame):
+    """Who is calling, with accept (audio or video) and decline."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("incoming")
+        self.setStyleSheet("QFrame#incoming { background: palette(highlight); border-radius: 8px; }"
+                           "QFrame#incoming QLabel { color: palette(highlighted-text); }")
+        self.call_id: str | None = None
+        self.caller = QLabel(objectName="caller")
+        self.caller.setStyleSheet("font-size: 18px; font-weight: 600;")
+        self.what = QLabel()
+        self.accept_audio = QPushButton(icon("phone"), "Accept")
+        self.accept_audio.setToolTip("Answer with audio only (Ctrl+Shift+A)")
+        self.accept_audio.setShortcut(QKeySequence("Ctrl+Shift+A"))
+        self.accept_video = QPushButton(icon("video"), "Accept with video")
+        self.accept_video.setToolTip("Answer with your camera on")
+        self.reject = QPushButton(icon("hangup"), "Decline")
+        self.reject.setToolTip("Decline the call (Ctrl+Shift+D)")
+        self.reject.setShortcut(QKeySequence("Ctrl+Shift+D"))
+        self.reject.setStyleSheet("background: #d93636; color: white;")
+        col = QVBoxLayout()
+        col.addWidget(self.caller)
+        col.addWidget(self.what)
+        row = QHBoxLayout(self)
+        row.addLayout(col, 1)
+        row.addWidget(self.accept_audio)
+        row.addWidget(self.accept_video)
+        row.addWidget(self.reject)
+        self.hide()
+
+    def ring(self, call_id: str, name: str, media: list[str]) -> None:
+        self.call_id = call_id
+        self.caller.setText(name)
+        self.what.setText("is calling you" + (" with video" if "video" in media else ""))
+        self.accept_video.setVisible("video" in media)
+        self.show()
+        self.accept_audio.setFocus()
+
+
+class WelcomePage(QWidget):
+    """First run asks one thing: the name others will see."""
+
+    done = Signal(str)
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(parent)
+        title = QLabel("Welcome to Callbox")
+        title.setStyleSheet("font-size: 22px; font-weight: 600;")
+        ask = QLabel("What name should others see when you call them?")
+        self.name = QLineEdit(name)
+        self.name.setAccessibleName("Your name")
+        self.name.setToolTip("Shown to the people you call; you can change it later in Settings")
+        self.name.returnPressed.connect(self.on_continue)
+        self.go = QPushButton("Continue")
+        self.go.setDefault(True)
+        self.go.clicked.connect(self.on_continue)
+        layout = QVBoxLayout(self)
+        layout.addStretch()
+        for w in (title, ask, self.name, self.go):
+            layout.addWidget(w, 0, Qt.AlignmentFlag.AlignHCenter)
+        self.name.setMinimumWidth(280)
+        layout.addStretch()
+
+    def on_continue(self) -> None:
+        if self.name.text().strip():
+            self.done.emit(self.name.text().strip())
+
+
+class MainWindow(QMainWindow):
+    named = Signal(str)  # first run finished
+    open_settings = Signal()
+    sound_check = Signal()
+
+    def __init__(self, history, profile_name: str = "default", parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Callbox" if profile_name == "default" else f"Callbox — {profile_name}")
+        self.setWindowIcon(app_icon())
+        self.history = history
+        self.engine = None
+        self.server_url = ""
+        self.ringing: dict[str, tuple[str, list]] = {}
+        self.ringtone = None  # set by the app; anything with start() and stop()
+
+        self.banner = QLabel(objectName="banner")
+        self.banner.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.banner.setStyleSheet("background: #d9a400; color: black; padding: 6px; font-weight: 600;")
+        self.banner.hide()
+        self.info = QLabel(objectName="info")
+        self.info.setWordWrap(True)
+        self.info.setStyleSheet("background: palette(alternate-base); padding: 6px;")
+        self.info.hide()
+        self._info_timer = QTimer(self, singleShot=True, interval=8000)
+        self._info_timer.timeout.connect(self.info.hide)
+        self.incoming = IncomingPanel()
+        self.incoming.accept_audio.clicked.connect(lambda: self.on_accept(video=False))
+        self.incoming.accept_video.clicked.connect(lambda: self.on_accept(video=True))
+        self.incoming.reject.clicked.connect(self.on_reject)
+
+        self.contacts = ContactsPage()
+        self.history_page = HistoryPage(history)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.contacts, icon("phone"), "Contacts")
+        self.tabs.addTab(self.history_page, icon("history"), "History")
+        self.tabs.currentChanged.connect(self.on_tab)
+        self.call_page = CallPage(None)
+        self.welcome = WelcomePage("")
+        self.welcome.done.connect(self.named)
+        self.stack = QStackedWidget()
+        for w in (self.welcome, self.tabs, self.call_page):
+            self.stack.addWidget(w)
+        self.stack.setCurrentWidget(self.tabs)
+
+        self.connection = QLabel(objectName="connection")
+        self.devices = QLabel(objectName="devices")
+        self.devices.setWordWrap(True)
+        self.devices.setStyleSheet("color: #b06000;")
+        self.devices.hide()
+        self.check_button = QPushButton(icon("check"), "Sound && video check")
+        self.check_button.setToolTip("Call an echo that sends back what it hears and sees")
+        self.check_button.clicked.connect(self.sound_check)
+        self.settings_button = QPushButton(icon("settings"), "Settings")
+        self.settings_button.setToolTip("Server, name, devices and echo cancellation (Ctrl+,)")
+        self.settings_button.setShortcut(QKeySequence("Ctrl+,"))
+        self.settings_button.clicked.connect(self.open_settings)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.connection)
+        bottom.addStretch()
+        bottom.addWidget(self.check_button)
+        bottom.addWidget(self.settings_button)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(8, 8, 8, 8)
+        layout.addWidget(self.banner)
+        layout.addWidget(self.info)
+        layout.addWidget(self.incoming)
+        layout.addWidget(self.stack, 1)
+        layout.addWidget(self.devices)
+        layout.addLayout(bottom)
+        self.setCentralWidget(central)
+        self.resize(720, 560)
+        self.set_connection("connecting", "")
+
+        self.tray = None
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self.tray = QSystemTrayIcon(app_icon(), self)
+            self.tray.setToolTip("Callbox")
+            self.tray.activated.connect(lambda _reason: self.bring_forward())
+            self.tray.show()
+        self.refresh_history()
+
+    # ------------------------------------------------------------ wiring
+
+    def ask_name(self, default: str) -> None:
+        self.welcome.name.setText(default)
+        self.stack.setCurrentWidget(self.welcome)
+        self.welcome.name.setFocus()
+        self.welcome.name.selectAll()
+
+    def attach(self, engine, bridge, server_url: str) -> None:
+        self.engine = engine
+        self.server_url = server_url
+        self.call_page.engine = engine
+        self.stack.setCurrentWidget(self.tabs)
+        bridge.connectionChanged.connect(self.set_connection)
+        bridge.usersChanged.connect(lambda users: self.contacts.set_users(users))
+        bridge.incomingCall.connect(self.on_incoming)
+        bridge.callChanged.connect(self.on_call_changed)
+        bridge.remoteVideo.connect(self.call_page.on_remote_frame)
+        bridge.deviceProblem.connect(self.on_device_problem)
+        bridge.serverError.connect(self.on_server_error)
+        self.contacts.call.connect(self.on_call)
+        self.history_page.call.connect(self.on_call)
+        self.call_page.finished.connect(self.on_call_finished)
+        self.set_connection(engine.connection.value, "")
+
+    # ------------------------------------------------------------ what the user sees
+
+    def set_connection(self, state: str, reason: str) -> None:
+        text = CONNECTION_TEXT.get(state, state)
+        color = {"online": "#2e9d4f", "offline": "#d93636"}.get(state, "#d9a400")
+        self.connection.setText(f"<span style='color:{color}'>●</span> {text}")
+        where = self.server_url or "no server yet"
+        self.connection.setToolTip(f"Server: {where}" + (f"\n{reason}" if reason else ""))
+        if state == "online" or (state == "connecting" and not reason):
+            self.banner.hide()
+        else:
+            verb = "Reconnecting to the server" if state == "reconnecting" else "Not connected"
+            self.banner.setText(f"{verb}: {reason}" if reason else f"{verb}…")
+            self.banner.setToolTip(f"Server: {where}")
+            self.banner.show()
+        if state == "online" and not self.contacts.rows:
+            self.contacts.set_users(self.engine.users if self.engine else [], connected=True)
+
+    def show_info(self, text: str) -> None:
+        self.info.setText(text)
+        self.info.show()
+        self._info_timer.start()
+
+    def on_device_problem(self, kind: str, message: str) -> None:
+        problems = dict(getattr(self.engine.media, "problems", {})) if self.engine else {}
+        if not problems:
+            self.devices.hide()
+            return
+        self.devices.setText("\n".join(f"{k.title()}: {v}" for k, v in sorted(problems.items())))
+        self.devices.show()
+
+    def on_server_error(self, code: str, message: str, ref: str) -> None:
+        if code not in ("user_offline", "busy", "not_in_call"):
+            self.show_info(f"The server said: {message}")
+
+    def refresh_history(self) -> None:
+        self.history_page.refresh()
+        missed = self.history.unseen_missed()
+        self.tabs.setTabText(1, f"History ({missed})" if missed else "History")
+        self.tabs.setTabToolTip(1, f"{missed} missed call(s)" if missed else "Your recent calls")
+
+    def bring_forward(self) -> None:
+        self.showNormal()
+        self.raise_()
+        self.activateWindow()
+
+    # ------------------------------------------------------------ slots
+
+    def on_call(self, user_id: str, video: bool) -> None:
+        if self.engine is None or self.call_page.call_id is not None:
+            return
+        name = next((u.display_name for u in self.engine.users if u.user_id == user_id), user_id)
+        call_id = self.engine.call(user_id, video=video)
+        self.call_page.start(call_id, name, "outgoing", ["audio", "video"] if video else ["audio"])
+        self.stack.setCurrentWidget(self.call_page)
+
+    def on_incoming(self, call_id: str, peer: str, name: str, media: list) -> None:
+        self.ringing[call_id] = (name, media)
+        self.incoming.ring(call_id, name, media)
+        if self.ringtone is not None:
+            self.ringtone.start()
+        if self.isMinimized() or not self.isActiveWindow():
+            QApplication.alert(self)
+            if self.tray is not None:
+                self.tray.showMessage("Incoming call", f"{name} is calling you", app_icon(), 15000)
+
+    def on_accept(self, video: bool) -> None:
+        call_id = self.incoming.call_id
+        if call_id is None or self.engine is None:
+            return
+        name, media = self.ringing.pop(call_id, ("", ["audio"]))
+        self._stop_ringing()
+        self.incoming.hide()
+        self.incoming.call_id = None
+        self.engine.accept(call_id, video=video)
+        self.call_page.start(call_id, name, "incoming", media if video else ["audio"])
+        self.stack.setCurrentWidget(self.call_page)
+        self.bring_forward()
+
+    def on_reject(self) -> None:
+        call_id = self.incoming.call_id
+        if call_id is not None and self.engine is not None:
+            self.engine.reject(call_id)
+        self._stop_ringing()
+        self.incoming.hide()
+
+    def on_call_changed(self, e) -> None:
+        self.call_page.on_call_changed(e)
+        if e.state == "ended":
+            self.ringing.pop(e.call_id, None)
+            if self.incoming.call_id == e.call_id:
+                self._stop_ringing()
+                self.incoming.hide()
+                self.incoming.call_id = None
+                if e.reason not in ("rejected",):
+                    self.show_info(f"Missed call from {e.display_name or e.peer}.")
+            self.refresh_history()
+
+    def _stop_ringing(self) -> None:
+        if self.ringtone is not None:
+            self.ringtone.stop()
+
+    def on_call_finished(self, call_id: str, message: str) -> None:
+        self.stack.setCurrentWidget(self.tabs)
+        self.show_info(message)
+
+    def on_tab(self, index: int) -> None:
+        if self.tabs.widget(index) is self.history_page:
+            self.history.mark_seen()
+            self.refresh_history()

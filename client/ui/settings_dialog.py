@@ -1,0 +1,100 @@
+"""The settings dialog: name, server and token, devices, ICE servers and echo cancellation, saved to the profile."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+)
+
+from client.core import audio, camera
+from client.core.audio import DeviceMissing
+from client.core.settings import Settings
+
+
+def _devices(kind: str) -> list[tuple[str, str]]:
+    try:
+        if kind == "camera":
+            return [(c.name, c.id) for c in camera.list_cameras()]
+        return [(d.name, d.name) for d in audio.list_audio_devices() if (d.inputs if kind == "mic" else d.outputs)]
+    except DeviceMissing:
+        return []
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, found_servers: list = (), parent=None):
+        super().__init__(parent)
+        self.setWindowTitle("Callbox settings")
+        self.original = settings
+        form = QFormLayout(self)
+        self.name = QLineEdit(settings.display_name)
+        self.name.setToolTip("The name others see")
+        self.server = QComboBox(editable=True)
+        self.server.setToolTip("ws:// or wss:// address of a Callbox server; empty finds one on the LAN or hosts one")
+        self.server.addItem("")
+        for s in found_servers:
+            self.server.addItem(s.url)
+        self.server.setCurrentText(settings.server)
+        self.server.lineEdit().setPlaceholderText("automatic: find one on the LAN, or host one")
+        self.token = QLineEdit(settings.token, echoMode=QLineEdit.EchoMode.Password)
+        self.token.setToolTip("The server's shared secret, if it has one")
+        self.mic = self._picker("mic", settings.microphone)
+        self.speaker = self._picker("speaker", settings.speaker)
+        self.camera = self._picker("camera", settings.camera)
+        self.ice = QPlainTextEdit("\n".join(s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
+                                            for s in settings.ice_servers))
+        self.ice.setPlaceholderText("none (best on a LAN); one per line, e.g. stun:stun.example.org:3478")
+        self.ice.setToolTip("STUN/TURN servers for calls across networks; leave empty on a LAN")
+        self.ice.setFixedHeight(60)
+        self.aec = QCheckBox("Cancel echo and suppress noise")
+        self.aec.setChecked(settings.echo_cancellation)
+        self.aec.setToolTip("Keeps the other side from hearing themselves when you use speakers, not a headset")
+        self.error = QLabel()
+        self.error.setStyleSheet("color: #d93636;")
+        self.error.hide()
+        for label, widget in (("Your name", self.name), ("Server", self.server), ("Token", self.token),
+                              ("Microphone", self.mic), ("Speaker", self.speaker), ("Camera", self.camera),
+                              ("ICE servers", self.ice), ("", self.aec), ("", self.error)):
+            form.addRow(label, widget)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.on_save)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def _picker(self, kind: str, current: str) -> QComboBox:
+        box = QComboBox()
+        box.addItem("System default", "")
+        for text, data in _devices(kind):
+            box.addItem(text, data)
+        index = box.findData(current)
+        box.setCurrentIndex(max(index, 0))
+        box.setToolTip(f"The {kind if kind != 'mic' else 'microphone'} calls use")
+        return box
+
+    def result_settings(self) -> Settings:
+        server = self.server.currentText().strip()
+        ice = [{"urls": line.strip()} for line in self.ice.toPlainText().splitlines() if line.strip()]
+        return dataclasses.replace(
+            self.original, display_name=self.name.text().strip() or self.original.display_name, server=server,
+            token=self.token.text(), microphone=self.mic.currentData() or "", speaker=self.speaker.currentData() or "",
+            camera=self.camera.currentData() or "", ice_servers=ice, echo_cancellation=self.aec.isChecked())
+
+    def on_save(self) -> None:
+        s = self.result_settings()
+        bad = [x["urls"] for x in s.ice_servers if not x["urls"].startswith(("stun:", "turn:", "turns:"))]
+        if s.server and not s.server.startswith(("ws://", "wss://")):
+            self.error.setText(f"'{s.server}' is not a server address; it starts with ws:// or wss://")
+        elif bad:
+            self.error.setText(f"'{bad[0]}' is not a STUN or TURN address (stun:, turn: or turns:)")
+        else:
+            self.accept()
+            return
+        self.error.show()
