@@ -123,7 +123,8 @@ class App:
     async def shutdown(self) -> None:
         self.profile.save_window_state({"geometry": bytes(self.window.saveGeometry()).hex()})
         await self.disconnect()
-        self.window.ringtone.stop()
+        if self.window.ringtone is not None:
+            self.window.ringtone.stop()
         self.history.close()
 
 

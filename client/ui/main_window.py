@@ -217,7 +217,10 @@ class MainWindow(QMainWindow):
             self.banner.hide()
         else:
             verb = "Reconnecting to the server" if state == "reconnecting" else "Not connected"
-            self.banner.setText(f"{verb}: {reason}" if reason else f"{verb}…")
+            text = f"{verb}: {reason}" if reason else f"{verb}…"
+            if self.call_page.call_id is not None:
+                text += "\nYour call goes on: it does not need the server."
+            self.banner.setText(text)
             self.banner.setToolTip(f"Server: {where}")
             self.banner.show()
         if state == "online" and not self.contacts.rows:

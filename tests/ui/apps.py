@@ -1,0 +1,58 @@
+"""UI test helpers: start an App in a throwaway profile with tones and test patterns, wait, and take screenshots."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtGui import QImage
+
+from client.core.media import LocalMedia
+from client.core.settings import Profile
+from client.core.tracks import read_counter
+from client.ui.app import App
+
+SCREENS = Path(__file__).resolve().parents[2] / "test-output" / "screens"
+
+
+def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone: float = 440,
+             discover: bool = False, interfaces=None) -> App:
+    prof = Profile(profile, root=root)
+    if name:
+        s = prof.load()
+        s.display_name, s.server = name, server
+        s.user_id = s.user_id or name.lower()
+        prof.save(s)
+    app = App(prof, discover=discover, interfaces=interfaces, host="127.0.0.1",
+              media_factory=lambda s: LocalMedia(tone_hz=tone, pattern=True, playback=False))
+    app.window.ringtone = None  # the tests check the panel, not the sound card
+    return app
+
+
+async def until(check, timeout: float = 10.0, what: str = ""):
+    try:
+        async with asyncio.timeout(timeout):
+            while not (result := check()):
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what or check}") from None
+    return result
+
+
+def shot(widget, name: str) -> Path:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    path = SCREENS / f"{name}.png"
+    widget.grab().save(str(path))
+    return path
+
+
+def pixels(image: QImage) -> np.ndarray:
+    img = image.convertToFormat(QImage.Format.Format_RGB888)
+    w, h = img.width(), img.height()
+    return np.frombuffer(img.constBits(), dtype=np.uint8, count=img.bytesPerLine() * h).reshape(
+        h, img.bytesPerLine())[:, :w * 3].reshape(h, w, 3)
+
+
+def counter(image: QImage) -> int:
+    return read_counter(pixels(image))

@@ -1,0 +1,182 @@
+"""The desktop app driven as a person would: real clicks on real windows, a real server, real aiortc calls."""
+
+import asyncio
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDialogButtonBox
+
+from client.ui.settings_dialog import SettingsDialog
+from tests.support import running_server
+from tests.ui.apps import counter, make_app, pixels, shot, until
+
+
+async def online_pair(tmp_path, url, tone_a=440, tone_b=660):
+    alice = make_app(tmp_path, "alice", name="Alice", server=url, tone=tone_a)
+    bob = make_app(tmp_path, "bob", name="Bob", server=url, tone=tone_b)
+    await alice.start()
+    await bob.start()
+    await until(lambda: "bob" in alice.window.contacts.rows and "alice" in bob.window.contacts.rows, 10,
+                "both to see each other")
+    return alice, bob
+
+
+def test_video_call_from_click_to_history(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server() as srv:
+            alice, bob = await online_pair(tmp_path, srv.url)
+            try:
+                aw, bw = alice.window, bob.window
+                assert "Callbox" in aw.windowTitle()
+                shot(aw, "contacts")
+                qtbot.mouseClick(aw.contacts.rows["bob"].video, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5, "Bob's incoming panel")
+                assert bw.incoming.caller.text() == "Alice"
+                assert "video" in bw.incoming.what.text()
+                assert aw.call_page.status.text() == "Calling Bob…"
+                shot(bw, "incoming")
+                qtbot.mouseClick(bw.incoming.accept_video, Qt.MouseButton.LeftButton)
+                for w in (aw, bw):
+                    await until(lambda w=w: w.call_page.remote.frames > 10, 10, "remote video")
+                for w in (aw, bw):
+                    view = w.call_page.remote
+                    img = pixels(view.image)
+                    assert img.std() > 20, "remote video is blank"
+                    first = counter(view.image)
+                    await until(lambda view=view, first=first: counter(view.image) > first + 5, 5, "counter")
+                    assert w.stack.currentWidget() is w.call_page and w.call_page.name.text() in ("Alice", "Bob")
+                await until(lambda: ":" in aw.call_page.status.text(), 3, "the call timer")
+                await asyncio.sleep(1.1)
+                shot(aw, "in_call")
+                qtbot.mouseClick(aw.call_page.hang, Qt.MouseButton.LeftButton)
+                for w in (aw, bw):
+                    await until(lambda w=w: w.stack.currentWidget() is w.tabs, 5, "back to contacts")
+                assert aw.info.text() == "Call ended."
+                for app, kind in ((alice, "outgoing"), (bob, "incoming")):
+                    [entry] = app.history.entries()
+                    assert entry.kind == kind and "video" in entry.media and entry.duration >= 1.0
+                    app.window.tabs.setCurrentWidget(app.window.history_page)
+                    row = app.window.history_page.rows[0]
+                    assert kind.title() in row.detail.text() and "00:0" in row.detail.text()
+                shot(bw, "history")
+            finally:
+                await alice.shutdown()
+                await bob.shutdown()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_reject_busy_no_answer_and_missed(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server(ring_timeout=1.0) as srv:
+            alice, bob = await online_pair(tmp_path, srv.url)
+            carol = make_app(tmp_path, "carol", name="Carol", server=srv.url, tone=880)
+            await carol.start()
+            try:
+                aw, bw, cw = alice.window, bob.window, carol.window
+                await until(lambda: "bob" in cw.contacts.rows, 5)
+                # Bob declines: Alice reads that he declined.
+                qtbot.mouseClick(aw.contacts.rows["bob"].audio, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5)
+                qtbot.mouseClick(bw.incoming.reject, Qt.MouseButton.LeftButton)
+                await until(lambda: aw.stack.currentWidget() is aw.tabs, 5)
+                assert aw.info.text() == "Bob declined the call."
+                # Nobody answers: Alice reads so, Bob gets a missed call with a badge.
+                qtbot.mouseClick(aw.contacts.rows["bob"].audio, Qt.MouseButton.LeftButton)
+                await until(lambda: aw.info.text() == "Bob did not answer.", 5)
+                await until(lambda: bw.tabs.tabText(1) == "History (1)", 3, "the missed-call badge")
+                assert bw.info.text() == "Missed call from Alice."
+                assert bob.history.entries()[0].kind == "missed"
+                # Busy: Alice and Bob in a call, Carol calls Bob.
+                qtbot.mouseClick(aw.contacts.rows["bob"].audio, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5)
+                qtbot.mouseClick(bw.incoming.accept_audio, Qt.MouseButton.LeftButton)
+                await until(lambda: aw.call_page.state == "active", 10)
+                await until(lambda: cw.contacts.rows.get("bob") and not cw.contacts.rows["bob"].audio.isEnabled(), 5,
+                            "Carol to see Bob in a call")
+                assert "In a call" in cw.contacts.rows["bob"].status.text()
+                carol.engine.call("bob")  # the button is disabled for a busy contact; the engine still refuses
+                await until(lambda: carol.history.entries() and carol.history.entries()[0].reason == "busy", 5)
+                qtbot.mouseClick(aw.call_page.hang, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.stack.currentWidget() is bw.tabs, 5)
+                kinds = [e.kind for e in alice.history.entries()]
+                assert kinds == ["outgoing", "outgoing", "outgoing"]
+                assert [e.reason for e in alice.history.entries()] == ["hangup", "no_answer", "rejected"]
+                bw.tabs.setCurrentWidget(bw.history_page)
+                assert bw.tabs.tabText(1) == "History"  # looking at it clears the badge
+                assert len(bw.history_page.rows) == 3
+                assert "Missed" in bw.history_page.rows[1].detail.text()
+            finally:
+                for app in (alice, bob, carol):
+                    await app.shutdown()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_reconnect_banner_while_a_call_stays_up(qtbot, qloop, tmp_path):
+    from server import HubConfig, SignalingServer
+    from tests.support import FAST
+
+    async def scenario():
+        srv = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, "resume_grace": 5}), ping_timeout=0.1)
+        await srv.start()
+        port = srv.port
+        alice, bob = await online_pair(tmp_path, srv.url)
+        try:
+            aw, bw = alice.window, bob.window
+            qtbot.mouseClick(aw.contacts.rows["bob"].video, Qt.MouseButton.LeftButton)
+            await until(lambda: bw.incoming.isVisible(), 5)
+            qtbot.mouseClick(bw.incoming.accept_video, Qt.MouseButton.LeftButton)
+            await until(lambda: aw.call_page.remote.frames > 5, 10)
+            assert not aw.banner.isVisible()
+            await srv.stop()
+            await until(lambda: aw.banner.isVisible(), 5, "the reconnect banner")
+            assert aw.banner.text().startswith("Reconnecting to the server")
+            assert str(port) in aw.banner.toolTip()
+            frames = aw.call_page.remote.frames
+            await asyncio.sleep(1.0)
+            assert aw.call_page.remote.frames > frames + 10, "video stopped while the server was away"
+            shot(aw, "reconnecting")
+            srv = SignalingServer("127.0.0.1", port, config=HubConfig(**FAST), ping_timeout=0.1)
+            await srv.start()
+            await until(lambda: not aw.banner.isVisible() and not bw.banner.isVisible(), 10, "the banner to go")
+            assert aw.call_page.state == "active" and aw.stack.currentWidget() is aw.call_page
+            await until(lambda: srv.hub.status("alice") == "in_call", 5)
+        finally:
+            await alice.shutdown()
+            await bob.shutdown()
+            await srv.stop()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_settings_persist_and_profiles_stay_apart(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server() as srv:
+            one = make_app(tmp_path, "one", name="One", server=srv.url)
+            await one.start()
+            qtbot.mouseClick(one.window.settings_button, Qt.MouseButton.LeftButton)
+            dialog = one.window.findChild(SettingsDialog)
+            await until(lambda: dialog.isVisible(), 2)
+            shot(dialog, "settings")
+            save = dialog.findChild(QDialogButtonBox).button(QDialogButtonBox.StandardButton.Save)
+            dialog.name.setText("Number One")
+            dialog.ice.setPlainText("stun:127.0.0.1:3478")
+            qtbot.mouseClick(dialog.aec, Qt.MouseButton.LeftButton)
+            dialog.server.setCurrentText("not-a-url")
+            qtbot.mouseClick(save, Qt.MouseButton.LeftButton)
+            assert dialog.isVisible() and "not a server address" in dialog.error.text()
+            dialog.server.setCurrentText(srv.url)
+            qtbot.mouseClick(save, Qt.MouseButton.LeftButton)
+            await until(lambda: not dialog.isVisible(), 2)
+            await until(lambda: one.engine is not None and one.engine.config.display_name == "Number One", 5)
+            await one.shutdown()
+            again = make_app(tmp_path, "one")
+            s = again.settings
+            assert (s.display_name, s.ice_servers, s.echo_cancellation) == (
+                "Number One", [{"urls": "stun:127.0.0.1:3478"}], False)
+            other = make_app(tmp_path, "two")
+            assert other.settings.display_name == "" and other.profile.history_path != again.profile.history_path
+            again.history.close()
+            other.history.close()
+
+    qloop.run_until_complete(scenario())
