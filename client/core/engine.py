@@ -66,6 +66,7 @@ class Engine:
         self._glare_losers: set[str] = set()
         self._listeners: list[Callable[[object], None]] = []
         self._tasks: set[asyncio.Task] = set()
+        self._teardowns: set[asyncio.Task] = set()
         self.signaling = SignalingClient(
             config.server, config.user_id, config.display_name, token=config.token,
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
@@ -93,7 +94,10 @@ class Engine:
                 self.hangup(s.call.call_id)
         await asyncio.sleep(0)  # let the hang-ups reach the outbox
         await self.signaling.stop()
-        await asyncio.gather(*(self._teardown(s) for s in list(self.sessions.values())), return_exceptions=True)
+        # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind);
+        # everything else (negotiation, media watch) is cancelled.
+        await asyncio.gather(*self._teardowns, *(self._teardown(s) for s in list(self.sessions.values())),
+                             return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -182,7 +186,9 @@ class Engine:
             s.times.append((s.call.state.value, time.time()))
             self._changed(s)
         if s.call.state is State.ENDED:
-            self._spawn(self._teardown(s))
+            task = asyncio.get_running_loop().create_task(self._teardown(s))
+            self._teardowns.add(task)
+            task.add_done_callback(self._teardowns.discard)
         elif s.call.state is State.CONNECTING and s.watch is None:
             s.watch = self._spawn(self._watch(s))
         return True
@@ -206,9 +212,10 @@ class Engine:
         if s.watch is not None and s.watch is not asyncio.current_task():
             s.watch.cancel()
         s.watch = None
-        if s.pc is not None:
-            pc, s.pc = s.pc, None
-            await pc.close()
+        async with s.lock:  # after any negotiation in flight, so no peer connection is left behind
+            if s.pc is not None:
+                pc, s.pc = s.pc, None
+                await pc.close()
         if self.sessions.get(s.call.call_id) is s:
             del self.sessions[s.call.call_id]
             self.finished.append(s)
