@@ -20,6 +20,8 @@ from .signaling import ConnState, SignalingClient
 
 log = logging.getLogger("callbox.engine")
 
+ECHO_PEER = "echo"  # the peer name of a sound and video check
+
 
 @dataclass
 class EngineConfig:
@@ -52,6 +54,7 @@ class CallSession:
     watch: asyncio.Task | None = None
     pc_failed: bool = False
     times: list[tuple[str, float]] = field(default_factory=list)  # (state, wall time)
+    echo: object | None = None  # the local echo peer of a sound and video check; no server involved
 
 
 class Engine:
@@ -128,6 +131,23 @@ class Engine:
         self.signaling.send(p.CallIncoming(to=peer, call_id=call_id, media=media))
         return call_id
 
+    async def echo_test(self, *, video: bool = True) -> str:
+        """A sound and video check: a call to a local echo peer that sends back, a second late, what it gets."""
+        from .echo import EchoPeer
+
+        media = ("audio", "video") if video else ("audio",)
+        call_id = f"echo-{secrets.token_hex(4)}"
+        s = CallSession(Call(call_id, self.config.user_id, ECHO_PEER, media), "outgoing", "Sound and video check",
+                        want=media, echo=EchoPeer())
+        self._add(s)
+        self._apply(s, Event.ACCEPT)
+        s.accepted_at = time.monotonic()
+        async with s.lock:
+            s.pc = self._new_pc(s)
+            answer = await s.echo.answer(await s.pc.offer())
+            await s.pc.accept_answer(answer)
+        return call_id
+
     def accept(self, call_id: str, *, video: bool | None = None) -> None:
         s = self.sessions[call_id]
         if video is None:
@@ -155,7 +175,8 @@ class Engine:
             self.signaling.send(p.CallEnded(to=peer, call_id=call_id, reason="cancelled"))
         else:
             self._apply(s, Event.HANGUP, "hangup")
-            self.signaling.send(p.CallEnded(to=peer, call_id=call_id, reason="hangup"))
+            if s.echo is None:
+                self.signaling.send(p.CallEnded(to=peer, call_id=call_id, reason="hangup"))
 
     def set_muted(self, muted: bool) -> None:
         self.media.set_muted(muted)
@@ -206,7 +227,7 @@ class Engine:
         """Sent in hello, so a restarted server can restore the calls whose media still flows."""
         me = self.config.user_id
         return [p.ActiveCall(call_id=s.call.call_id, peer=s.call.peer_of(me), media=s.call.media)
-                for s in self.sessions.values() if s.call.established]
+                for s in self.sessions.values() if s.call.established and s.echo is None]
 
     async def _teardown(self, s: CallSession) -> None:
         if s.watch is not None and s.watch is not asyncio.current_task():
@@ -216,6 +237,8 @@ class Engine:
             if s.pc is not None:
                 pc, s.pc = s.pc, None
                 await pc.close()
+            if s.echo is not None:
+                await s.echo.close()
         if self.sessions.get(s.call.call_id) is s:
             del self.sessions[s.call.call_id]
             self.finished.append(s)
@@ -372,6 +395,9 @@ class Engine:
                 if s.call.state is State.ACTIVE and now - s.media_lost_at >= cfg.media_timeout:
                     self._apply(s, Event.MEDIA_DOWN)
                 broken = s.pc_failed or now - s.media_lost_at >= cfg.repair_after
+                if broken and s.echo is not None:
+                    self._fail(s)  # nothing to repair with: the echo is in this process
+                    return
                 if broken and s.direction == "outgoing":
                     if s.attempts >= cfg.repair_attempts:
                         self._fail(s)
@@ -384,6 +410,6 @@ class Engine:
                     return
 
     def _fail(self, s: CallSession) -> None:
-        if self._apply(s, Event.FAIL, "ice_failed"):
+        if self._apply(s, Event.FAIL, "ice_failed") and s.echo is None:
             self.signaling.send(p.CallEnded(to=s.call.peer_of(self.config.user_id), call_id=s.call.call_id,
                                             reason="ice_failed"))

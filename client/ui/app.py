@@ -37,6 +37,7 @@ class App:
         self.window.ringtone = Ringtone(asset("ringtone.wav"))
         self.window.named.connect(self.on_named)
         self.window.open_settings.connect(self.on_settings)
+        self.window.sound_check.connect(self.on_sound_check)
         self.engine: Engine | None = None
         self.bridge: EngineBridge | None = None
         self.chosen: Chosen | None = None
@@ -92,6 +93,17 @@ class App:
         if self.chosen is not None:
             await self.chosen.close()
             self.chosen = None
+
+    def on_sound_check(self) -> None:
+        if self.engine is not None and self.window.call_page.call_id is None:
+            asyncio.ensure_future(self._sound_check())
+
+    async def _sound_check(self) -> None:
+        page = self.window.call_page
+        page.start("", "Sound and video check", "echo", ["audio", "video"])
+        self.window.stack.setCurrentWidget(page)
+        page.call_id = await self.engine.echo_test(video=True)
+        page.status.setText("Say something: you hear it back a second later")
 
     def on_settings(self) -> None:
         dialog = SettingsDialog(self.settings, self.chosen.found if self.chosen else [], self.window)

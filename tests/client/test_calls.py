@@ -219,3 +219,17 @@ async def test_mute_sends_silence_in_the_same_track(server):
         alice.engine.set_muted(False)
         await asyncio.sleep(1.2)
         assert abs(r.dominant_hz() - 440) <= 5
+
+
+async def test_echo_test_sends_back_what_it_hears(server):
+    async with engines(server.url, ("alice", 523), video=True) as (alice,):
+        call_id = await alice.engine.echo_test(video=True)
+        await alice.state(call_id, "active", timeout=10)
+        await asyncio.sleep(1.2)
+        r = alice.session(call_id).received
+        assert abs(r.dominant_hz() - 523) <= 5  # her own tone, back from the echo
+        await alice.until(lambda: r.video_frames > 20 and r.counters[-1] > r.counters[0], 5)
+        assert server.hub.calls == {}  # the server never saw it
+        alice.engine.hangup(call_id)
+        await alice.state(call_id, "ended")
+        await alice.until(lambda: alice.engine.media.open_devices == 0, 5)

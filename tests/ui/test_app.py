@@ -180,3 +180,25 @@ def test_settings_persist_and_profiles_stay_apart(qtbot, qloop, tmp_path):
             other.history.close()
 
     qloop.run_until_complete(scenario())
+
+
+def test_sound_and_video_check(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server() as srv:
+            app = make_app(tmp_path, "solo", name="Solo", server=srv.url, tone=523)
+            await app.start()
+            try:
+                w = app.window
+                await until(lambda: app.engine.connection.value == "online", 5)
+                assert "Nobody else is online" in w.contacts.empty.text()
+                qtbot.mouseClick(w.check_button, Qt.MouseButton.LeftButton)
+                await until(lambda: w.call_page.remote.frames > 10, 10, "the echo of our own video")
+                assert w.call_page.name.text() == "Sound and video check"
+                assert abs(app.engine.sessions[w.call_page.call_id].received.dominant_hz() - 523) <= 5
+                shot(w, "sound_check")
+                qtbot.mouseClick(w.call_page.hang, Qt.MouseButton.LeftButton)
+                await until(lambda: w.stack.currentWidget() is w.tabs, 5)
+            finally:
+                await app.shutdown()
+
+    qloop.run_until_complete(scenario())
