@@ -54,7 +54,8 @@ class AudioProcessor:
             raise ValueError(f"capture blocks are whole 10 ms frames ({FRAME} samples), not {len(samples)} samples")
         if not self._enabled or self._closed:
             return block
-        return self._process(samples).reshape(block.shape)
+        out = self._process(samples)
+        return block if out is samples else out.reshape(block.shape)
 
     def process_render(self, block: np.ndarray) -> None:
         """Note far-end audio (int16 mono 48 kHz, any length) as it goes to the speaker."""
@@ -78,10 +79,12 @@ class AudioProcessor:
 class LiveKitProcessor(AudioProcessor):
     """WebRTC's audio processing module (AEC3 echo canceller, noise suppressor, high-pass filter) via livekit.
 
-    The speaker's thread only queues the reference, so it never waits on signal processing; the microphone's
-    thread hands the queued reference to the module before each 10 ms capture frame, which keeps every call
-    into the module on one thread. The module finds the echo's delay by itself (up to ~0.5 s): the reference
-    may be noted any time before it is heard, but the steadier that lead, the better double talk fares."""
+    The speaker's thread only queues the reference, so it never waits on signal processing. The microphone's
+    thread hands all the queued reference to the module before each 10 ms capture frame: every call into the
+    module stays on one thread, and no capture frame reaches it before the reference it echoes. The module
+    finds the echo's delay by itself (up to ~0.4 s measured), so the reference may be noted any time before
+    it is heard; but the steadier that lead the better, since reference arriving in bursts slows convergence
+    (tests/client/test_aec.py measures both)."""
 
     def __init__(self, enabled: bool = True, *, noise_suppression: bool = True):
         from livekit import rtc  # ImportError when livekit is not installed; create_processor reports it
@@ -90,12 +93,8 @@ class LiveKitProcessor(AudioProcessor):
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=noise_suppression,
                                               high_pass_filter=True, auto_gain_control=False)
         # One reusable frame per direction; the module works on the frame's buffer in place.
-        self._capture_buf = bytearray(FRAME * 2)
-        self._render_buf = bytearray(FRAME * 2)
-        self._capture_frame = rtc.AudioFrame(self._capture_buf, RATE, 1, FRAME)
-        self._render_frame = rtc.AudioFrame(self._render_buf, RATE, 1, FRAME)
-        self._capture_view = np.frombuffer(self._capture_buf, dtype=np.int16)
-        self._render_view = np.frombuffer(self._render_buf, dtype=np.int16)
+        self._capture_frame = rtc.AudioFrame(bytearray(FRAME * 2), RATE, 1, FRAME)
+        self._render_frame = rtc.AudioFrame(bytearray(FRAME * 2), RATE, 1, FRAME)
         self._pending: deque[np.ndarray] = deque(maxlen=MAX_PENDING_RENDER)  # whole 10 ms reference frames
         self._partial = np.zeros(0, dtype=np.int16)  # the reference's tail short of a whole frame
         self._queue_lock = threading.Lock()  # _pending and _partial: speaker thread vs microphone thread
@@ -126,20 +125,25 @@ class LiveKitProcessor(AudioProcessor):
                     reference = list(self._pending)
                     self._pending.clear()
                 for frame in reference:
-                    self._render_view[:] = frame
+                    _samples_of(self._render_frame)[:] = frame
                     self._apm.process_reverse_stream(self._render_frame)
-                self._capture_view[:] = samples[i:i + FRAME]
+                _samples_of(self._capture_frame)[:] = samples[i:i + FRAME]
                 self._apm.process_stream(self._capture_frame)
-                out[i:i + FRAME] = self._capture_view
+                out[i:i + FRAME] = _samples_of(self._capture_frame)
         return out
 
     def close(self) -> None:
         with self._apm_lock:
             if not self._closed:
                 self._closed = True
-                self._apm._ffi_handle.dispose()  # frees the native module now rather than at garbage collection
+                self._apm = None  # the last reference: livekit frees the native module with it
         with self._queue_lock:
             self._pending.clear()
+
+
+def _samples_of(frame) -> np.ndarray:
+    """A writable int16 view of a livekit AudioFrame's own buffer (livekit 1.0 copies what it is given)."""
+    return np.frombuffer(frame.data, dtype=np.int16)
 
 
 def create_processor(enabled: bool = True) -> AudioProcessor:

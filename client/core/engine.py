@@ -89,6 +89,7 @@ class Engine:
                 log.exception("listener failed on %s", type(event).__name__)
 
     async def start(self) -> None:
+        self.media.check_devices()
         self.signaling.start()
 
     async def stop(self) -> None:

@@ -9,7 +9,7 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from . import camera as cams
-from .audio import DeviceMissing, Microphone, Speaker, open_or_report
+from .audio import DeviceMissing, Microphone, Speaker, list_audio_devices, open_or_report, pick
 from .tracks import (
     AudioTrack,
     BlackSource,
@@ -65,6 +65,24 @@ class LocalMedia:
             self.problems[kind] = why
             log.warning("%s: %s", kind, why)
             self.on_problem(kind, why)
+
+    def check_devices(self) -> None:
+        """Find out, without opening anything, which devices are missing, so a window can say so before a call."""
+        if self.tone_hz is not None:
+            return
+        try:
+            found = list_audio_devices()
+            pick(found, self.microphone_id, output=False)
+            self._report("microphone", None)
+        except DeviceMissing as exc:
+            self._report("microphone", str(exc))
+        try:
+            pick(list_audio_devices(), self.speaker_id, output=True)
+            self._report("speaker", None)
+        except DeviceMissing as exc:
+            self._report("speaker", str(exc))
+        if not cams.list_cameras():
+            self._report("camera", "no camera was found; video calls send a test pattern instead")
 
     # ------------------------------------------------------------ audio out
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import random
+import re
 import socket
 import ssl
 from collections import deque
@@ -41,7 +44,8 @@ FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL}
 
 def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
     """Delay before retry number `attempt` (0-based): at most `first` at first, doubling, capped, with jitter."""
-    return min(cap, first * 2**attempt) * random.uniform(0.5, 1.0)
+    # The exponent is bounded: 2**1024 does not fit a float, and a server down for hours gets that many attempts.
+    return min(cap, first * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)
 
 
 def explain(exc: BaseException, url: str) -> str:
@@ -52,7 +56,7 @@ def explain(exc: BaseException, url: str) -> str:
         return f"the server's TLS certificate is not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS problem talking to the server ({exc.reason or exc})"
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, ConnectionRefusedError) or errno.ECONNREFUSED in _folded(exc):
         return "the server refused the connection; is it running on that port?"
     if isinstance(exc, socket.gaierror):
         return "the server's address was not found"
@@ -63,8 +67,17 @@ def explain(exc: BaseException, url: str) -> str:
     if isinstance(exc, ConnectionClosed):
         return "the connection was lost"
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
+        folded = _folded(exc)
+        return exc.strerror or (os.strerror(folded[0]) if folded else str(exc))
     return str(exc) or type(exc).__name__
+
+
+def _folded(exc: BaseException) -> list[int]:
+    """The errno of each address tried, when asyncio tried several (localhost: ::1 and 127.0.0.1) and folded their
+    errors into one OSError with no errno of its own: "Multiple exceptions: [Errno 111] Connect call failed ..."."""
+    if not isinstance(exc, OSError) or exc.errno is not None:
+        return []
+    return [int(code) for code in re.findall(r"\[Errno (\d+)\]", str(exc))]
 
 
 class SignalingClient:
@@ -165,7 +178,10 @@ class SignalingClient:
         if state is not self.state or reason != self.reason:
             self.state, self.reason = state, reason
             log.info("%s: %s%s", self.user_id, state.value, f" ({reason})" if reason else "")
-            self.on_state(state, reason)
+            try:
+                self.on_state(state, reason)
+            except Exception:  # a bug in the app's handler must not stop the connection loop
+                log.exception("%s: state handler failed on %s", self.user_id, state.value)
 
     async def _run(self) -> None:
         attempt = 0
@@ -219,7 +235,7 @@ class SignalingClient:
             # A fresh session: the server forgot our channels. Rejoin them ahead of anything queued.
             self._outbox.extendleft(reversed([p.Join(channel=c).encode() for c in sorted(self.channels)]))
         self._set_state(ConnState.ONLINE, "resumed" if reply.resumed else "")
-        self.on_message(reply)
+        self._deliver(reply)
         return True
 
     async def _session(self, ws: ClientConnection) -> None:
@@ -233,10 +249,7 @@ class SignalingClient:
                     continue
                 if isinstance(msg, p.Presence):
                     self._presence(msg)
-                try:
-                    self.on_message(msg)
-                except Exception:
-                    log.exception("%s: handler failed on %s", self.user_id, msg.type)
+                self._deliver(msg)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -250,6 +263,12 @@ class SignalingClient:
                 self._outbox.popleft()
             self._wake.clear()
             await self._wake.wait()
+
+    def _deliver(self, msg: p.Message) -> None:
+        try:
+            self.on_message(msg)
+        except Exception:  # a bug in the app's handler must not take the session down
+            log.exception("%s: handler failed on %s", self.user_id, msg.type)
 
     def _presence(self, msg: p.Presence) -> None:
         if msg.status == "offline":

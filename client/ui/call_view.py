@@ -199,6 +199,7 @@ class CallPage(QWidget):
             if self.active_since is None:
                 self.active_since = time.monotonic()
             self.overlay.hide()
+            self.on_tick()
         elif e.state == "reconnecting":
             self.overlay.show()
             self._place_overlays()

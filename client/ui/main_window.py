@@ -236,7 +236,11 @@ class MainWindow(QMainWindow):
         if not problems:
             self.devices.hide()
             return
-        self.devices.setText("\n".join(f"{k.title()}: {v}" for k, v in sorted(problems.items())))
+        by_message: dict[str, list[str]] = {}
+        for kind, why in sorted(problems.items()):
+            by_message.setdefault(why, []).append(kind)
+        self.devices.setText("\n".join(f"{' and '.join(kinds).capitalize()}: {why}"
+                                       for why, kinds in by_message.items()))
         self.devices.show()
 
     def on_server_error(self, code: str, message: str, ref: str) -> None:

@@ -16,8 +16,9 @@ from client.ui.app import App
 SCREENS = Path(__file__).resolve().parents[2] / "test-output" / "screens"
 
 
-def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone: float = 440,
+def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone: float | None = 440,
              discover: bool = False, interfaces=None) -> App:
+    """An app in a throwaway profile; with a tone it sends that and a test pattern, with tone=None real devices."""
     prof = Profile(profile, root=root)
     if name:
         s = prof.load()
@@ -25,7 +26,7 @@ def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone
         s.user_id = s.user_id or name.lower()
         prof.save(s)
     app = App(prof, discover=discover, interfaces=interfaces, host="127.0.0.1",
-              media_factory=lambda s: LocalMedia(tone_hz=tone, pattern=True, playback=False))
+              media_factory=None if tone is None else lambda s: LocalMedia(tone_hz=tone, pattern=True, playback=False))
     app.window.ringtone = None  # the tests check the panel, not the sound card
     return app
 

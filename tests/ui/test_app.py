@@ -202,3 +202,36 @@ def test_sound_and_video_check(qtbot, qloop, tmp_path):
                 await app.shutdown()
 
     qloop.run_until_complete(scenario())
+
+
+def test_no_portaudio_still_calls_and_says_what_to_do(qtbot, qloop, tmp_path, monkeypatch):
+    from client.core import audio, camera
+
+    def missing():
+        raise audio.DeviceMissing("PortAudio is not installed (libportaudio2.so: cannot open shared object file); "
+                                  "on Debian: apt-get install libportaudio2")
+
+    monkeypatch.setattr(audio, "sounddevice", missing)
+    monkeypatch.setattr(camera, "list_cameras", lambda: [])
+
+    async def scenario():
+        async with running_server() as srv:
+            alice, bob = await online_pair(tmp_path, srv.url, tone_a=None)
+            try:
+                aw, bw = alice.window, bob.window
+                await until(lambda: aw.devices.isVisible(), 3, "the device warning")
+                assert "Microphone and speaker: PortAudio is not installed" in aw.devices.text()
+                assert "apt-get install libportaudio2" in aw.devices.text()
+                assert "Camera: no camera was found" in aw.devices.text()
+                qtbot.mouseClick(aw.contacts.rows["bob"].audio, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5)
+                qtbot.mouseClick(bw.incoming.accept_audio, Qt.MouseButton.LeftButton)
+                await until(lambda: aw.call_page.state == "active" and bw.call_page.state == "active", 10)
+                shot(aw, "no_devices")
+                qtbot.mouseClick(aw.call_page.hang, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.stack.currentWidget() is bw.tabs, 5)
+            finally:
+                await alice.shutdown()
+                await bob.shutdown()
+
+    qloop.run_until_complete(scenario())
