@@ -198,16 +198,21 @@ class Speaker:
         log.info("speaker open: %s at %d Hz", dev.name, rate)
 
     def play(self, frame: av.AudioFrame) -> None:
-        if self.processor is not None:
+        if self.ring is None or self._resampler is None:
+            return  # no speaker, so no echo to cancel either
+        if self.processor is not None and self.ring.rate != RATE:
+            # The card runs at another rate: give the echo canceller the audio as it arrives (less steady).
             for ref in self._to_reference.resample(frame):
                 self.processor.process_render(ref.to_ndarray().reshape(-1))
-        if self.ring is None or self._resampler is None:
-            return
         for out in self._resampler.resample(frame):
             self.ring.write(out.to_ndarray().reshape(-1))
 
     def _callback(self, outdata, frames, time_info, status) -> None:
-        outdata[:, 0] = self.ring.read(frames)
+        block = self.ring.read(frames)
+        outdata[:, 0] = block
+        if self.processor is not None and self.ring.rate == RATE:
+            # The echo canceller's reference is exactly what the card plays, when it plays it.
+            self.processor.process_render((block * 32767).astype(np.int16))
 
     def stop(self) -> None:
         if self._stream is not None:

@@ -114,13 +114,14 @@ class App:
         if result != QDialog.DialogCode.Accepted:
             return
         new = dialog.result_settings()
-        reconnect = (new.server, new.token, new.display_name, new.ice_servers, new.echo_cancellation) != (
-            self.settings.server, self.settings.token, self.settings.display_name, self.settings.ice_servers,
-            self.settings.echo_cancellation)
+        reconnect = (new.server, new.token, new.display_name, new.ice_servers) != (
+            self.settings.server, self.settings.token, self.settings.display_name, self.settings.ice_servers)
         self.settings = new
         self.profile.save(new)
         if self.engine is not None:
             media = self.engine.media
+            if media.processor is not None:
+                media.processor.enabled = new.echo_cancellation  # takes effect on the next block
             media.switch_microphone(new.microphone or None)
             media.switch_speaker(new.speaker or None)
             if new.camera:
