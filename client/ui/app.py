@@ -54,7 +54,9 @@ class App:
         if "geometry" in state:
             self.window.restoreGeometry(bytes.fromhex(state["geometry"]))
         self.window.show()
+        QApplication.processEvents()  # paint it now, before anything slow
         self.shown_at = time.monotonic()
+        log.info("window shown %.0f ms after start", (self.shown_at - START) * 1000)
         if not self.settings.display_name:
             self.window.ask_name(default_name())
             await self._named.wait()
@@ -173,7 +175,6 @@ def main(profile_name: str = "default") -> int:
         app = App(profile)
         qapp.lastWindowClosed.connect(app.quit.set)
         await app.start()
-        log.info("window shown %.0f ms after start", (app.shown_at - START) * 1000)
         await app.quit.wait()
         await app.shutdown()
         return 0
