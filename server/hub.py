@@ -24,6 +24,7 @@ CLOSE_PROTOCOL = 1002
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_REPLACED = 4000  # a resumed connection took this one's place
+CLAIM_TTL = 60.0  # seconds a restored-call claim (hello.calls) waits for the other party
 
 
 # ---- what the hub asks the transport to do, in order ----
@@ -310,7 +311,10 @@ class Hub:
                     self.calls[call.call_id] = call
                     self._refresh(self.sessions[ac.peer])
             else:
-                self.claims[ac.call_id] = _Claim(s.user_id, ac.peer, ac.media, now + self.config.resume_grace)
+                # The other party may come back later than a resume grace would allow (its backoff, its own
+                # restart); the claim waits for it while the claimer stays online, up to CLAIM_TTL.
+                ttl = max(2 * self.config.resume_grace, CLAIM_TTL)
+                self.claims[ac.call_id] = _Claim(s.user_id, ac.peer, ac.media, now + ttl)
 
     # ---------------------------------------------------------------- dispatch
 

@@ -121,7 +121,7 @@ class RingBuffer:
     The two run on different clocks. When the buffer holds more than `high` samples the oldest are dropped
     back to `target`, so latency cannot creep up; when it runs dry the reader gets silence."""
 
-    def __init__(self, rate: int, *, target_ms: float = 60, high_ms: float = 200, size_ms: float = 1000):
+    def __init__(self, rate: int, *, target_ms: float = 40, high_ms: float = 200, size_ms: float = 1000):
         self.rate = rate
         self.target = int(rate * target_ms / 1000)
         self.high = int(rate * high_ms / 1000)

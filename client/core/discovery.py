@@ -111,10 +111,11 @@ async def find_servers(timeout: float = 1.5, *, interfaces: Interfaces = None) -
 
     browser = None
     try:
-        # QM questions, so that answers come by multicast to every listener. With QU (zeroconf's default for a
-        # first query) a responder that announced recently answers by unicast to port 5353, and when several
-        # mDNS stacks share that port on one machine (SO_REUSEPORT) the kernel hands the datagram to just one
-        # of them, often not the asker: the browse would then wait for its second query, a second later.
+        # QM questions, so that answers come by multicast to every listener. To a QU question (zeroconf's
+        # default for a first query) a responder that multicast its records lately answers by unicast to port
+        # 5353, and when several mDNS stacks share that port on one machine (SO_REUSEPORT: this app's own
+        # Advertiser, another Callbox, avahi) the kernel hands the datagram to one of them, often not the
+        # asker. The cost of QM: a responder that multicast the answer less than 1 s ago waits out that second.
         browser = AsyncServiceBrowser(
             azc.zeroconf, SERVICE_TYPE, handlers=[on_change], question_type=DNSQuestionType.QM
         )
@@ -242,7 +243,10 @@ class Advertiser:
         except ImportError as e:
             raise DiscoveryError(f"the Python package zeroconf is not installed ({e})") from e
 
-        addresses = _advertised_addresses(interfaces)
+        try:
+            addresses = _advertised_addresses(interfaces)
+        except ValueError as e:
+            raise DiscoveryError(f"bad interfaces {interfaces!r}: {e}") from e
         if not addresses:
             raise DiscoveryError(f"no address to advertise on {_describe(interfaces)}")
         label = _instance_label(name)

@@ -382,7 +382,7 @@ class Engine:
         cfg = self.config
         with contextlib.suppress(asyncio.CancelledError):
             while s.call.live:
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.1)
                 now = time.monotonic()
                 last = s.received.last_media
                 flowing = last is not None and now - last < cfg.media_timeout

@@ -54,7 +54,7 @@ class App:
         if "geometry" in state:
             self.window.restoreGeometry(bytes.fromhex(state["geometry"]))
         self.window.show()
-        QApplication.processEvents()  # paint it now, before anything slow
+        await asyncio.sleep(0)  # one turn of the loop: the window paints before anything slow starts
         self.shown_at = time.monotonic()
         log.info("window shown %.0f ms after start", (self.shown_at - START) * 1000)
         if not self.settings.display_name:

@@ -6,90 +6,16 @@ that .ci/start-audio sets up. Without one the test skips, or fails under CALLBOX
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 import time
 
-import pytest
+from tests.components import pick_devices, require_audio
 
 RATE = 48_000
 TONE_HZ = 1_000.0
 AMPLITUDE = 0.5  # about -9 dBFS RMS
 TONE_S = 1.0  # seconds of the tone to record and analyse: 1 Hz FFT bins
 START_TIMEOUT_S = 5.0  # a stream's first audio may come late: an idle null sink with no reader renders every 2 s
-
-
-def audio_unavailable() -> str | None:
-    """Why real audio streams cannot run here, or None if they can.
-
-    Checks, in order: numpy and sounddevice import, PortAudio loads (Debian libportaudio2), a PulseAudio
-    server answers (pactl, from pulseaudio-utils), its default source is the monitor of its default sink
-    (so playback loops back; .ci/start-audio sets that up), and PortAudio sees input and output devices
-    (through the ALSA pulse plugin of libasound2-plugins).
-    """
-    try:
-        import numpy  # noqa: F401
-    except ImportError as e:
-        return f"Python package numpy is not installed ({e})"
-    try:
-        import sounddevice  # noqa: F401
-    except ImportError as e:
-        return f"Python package sounddevice is not installed ({e})"
-    except OSError as e:  # sounddevice raises OSError('PortAudio library not found')
-        return f"PortAudio is missing (Debian package libportaudio2): {e}"
-
-    pactl = shutil.which("pactl")
-    if pactl is None:
-        return "pactl not found (Debian package pulseaudio-utils): cannot reach a PulseAudio server"
-
-    def ask(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([pactl, *args], capture_output=True, text=True, timeout=10)
-
-    info = ask("info")
-    if info.returncode != 0:
-        why = "; ".join((info.stderr or info.stdout).split("\n")).strip("; ")
-        return f"no PulseAudio server answers (start one with .ci/start-audio): pactl info: {why}"
-    sink, source = ask("get-default-sink").stdout.strip(), ask("get-default-source").stdout.strip()
-    if not sink or source != f"{sink}.monitor":
-        return (
-            f"PulseAudio's default source {source!r} is not the monitor of its default sink {sink!r}, so "
-            "playback would not loop back to the input (.ci/start-audio sets up a null sink that way)"
-        )
-
-    try:
-        pick_devices()
-    except LookupError as e:
-        return str(e)
-    return None
-
-
-def pick_devices() -> tuple[dict, dict]:
-    """The PortAudio input and output devices to use: ALSA's "pulse" device (it always goes to the PulseAudio
-    server's default sink and source) if PortAudio lists it, otherwise PortAudio's default devices."""
-    import sounddevice as sd
-
-    devices = sd.query_devices()
-    pulse = [d for d in devices if d["name"] == "pulse" and d["max_input_channels"] and d["max_output_channels"]]
-    if pulse:
-        return pulse[0], pulse[0]
-    try:
-        return sd.query_devices(kind="input"), sd.query_devices(kind="output")
-    except sd.PortAudioError as e:
-        raise LookupError(
-            f"PortAudio sees no default input/output device ({e}); devices: {list(devices) or 'none'} — "
-            "is libasound2-plugins installed, so that PortAudio's ALSA host API reaches PulseAudio?"
-        ) from e
-
-
-def require_audio() -> None:
-    """Skip the calling test when real audio is unavailable; fail it instead under CALLBOX_REQUIRE_AUDIO=1 (CI)."""
-    reason = audio_unavailable()
-    if reason:
-        if os.environ.get("CALLBOX_REQUIRE_AUDIO") == "1":
-            pytest.fail(f"CALLBOX_REQUIRE_AUDIO=1 but real audio is unavailable: {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 def dominant_hz(x, rate: int) -> float:

@@ -235,3 +235,38 @@ def test_no_portaudio_still_calls_and_says_what_to_do(qtbot, qloop, tmp_path, mo
                 await bob.shutdown()
 
     qloop.run_until_complete(scenario())
+
+
+def test_first_app_hosts_and_the_second_finds_it_on_the_lan(qtbot, qloop, tmp_path):
+    """No server configured: the first app hosts one and advertises it; the next finds it by zeroconf."""
+    from tests.components import require_multicast
+
+    require_multicast()
+    loopback = ["127.0.0.1"]  # the tests' LAN is this machine's loopback
+
+    async def scenario():
+        first = make_app(tmp_path, "host", name="Hostess", discover=True, interfaces=loopback, tone=440)
+        first.settings.host_port = 0
+        await first.start()
+        second = None
+        try:
+            assert first.chosen.how == "hosted" and first.chosen.server is not None
+            assert "(hosted here)" in first.window.connection.toolTip()
+            second = make_app(tmp_path, "guest", name="Guest", discover=True, interfaces=loopback, tone=660)
+            await second.start()
+            assert second.chosen.how == "discovered"
+            assert second.chosen.url.endswith(f":{first.chosen.server.port}")
+            await until(lambda: "hostess" in second.window.contacts.rows, 10, "the guest to see the host")
+            qtbot.mouseClick(second.window.contacts.rows["hostess"].audio, Qt.MouseButton.LeftButton)
+            await until(lambda: first.window.incoming.isVisible(), 5)
+            assert first.window.incoming.caller.text() == "Guest"
+            qtbot.mouseClick(first.window.incoming.accept_audio, Qt.MouseButton.LeftButton)
+            await until(lambda: second.window.call_page.state == "active", 10)
+            qtbot.mouseClick(second.window.call_page.hang, Qt.MouseButton.LeftButton)
+            await until(lambda: first.window.stack.currentWidget() is first.window.tabs, 5)
+        finally:
+            if second is not None:
+                await second.shutdown()
+            await first.shutdown()
+
+    qloop.run_until_complete(scenario())

@@ -1,0 +1,148 @@
+"""Probes for the components some tests need (PortAudio with a PulseAudio null sink, mDNS on loopback).
+
+A test calls require_audio() or require_multicast(): without the component it skips, saying what is
+missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1, which CI sets.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import select
+import shutil
+import socket
+import subprocess
+
+import pytest
+
+MDNS_GROUP, MDNS_PORT = "224.0.0.251", 5353
+
+
+def _require(reason: str | None, variable: str, what: str) -> None:
+    if reason:
+        if os.environ.get(variable) == "1":
+            pytest.fail(f"{variable}=1 but {what} is unavailable: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+def audio_unavailable() -> str | None:
+    """Why real audio streams cannot run here, or None if they can.
+
+    Checks, in order: numpy and sounddevice import, PortAudio loads (Debian libportaudio2), a PulseAudio
+    server answers (pactl, from pulseaudio-utils), its default source is the monitor of its default sink
+    (so playback loops back; .ci/start-audio sets that up), and PortAudio sees input and output devices
+    (through the ALSA pulse plugin of libasound2-plugins).
+    """
+    try:
+        import numpy  # noqa: F401
+    except ImportError as e:
+        return f"Python package numpy is not installed ({e})"
+    try:
+        import sounddevice  # noqa: F401
+    except ImportError as e:
+        return f"Python package sounddevice is not installed ({e})"
+    except OSError as e:  # sounddevice raises OSError('PortAudio library not found')
+        return f"PortAudio is missing (Debian package libportaudio2): {e}"
+
+    pactl = shutil.which("pactl")
+    if pactl is None:
+        return "pactl not found (Debian package pulseaudio-utils): cannot reach a PulseAudio server"
+
+    def ask(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([pactl, *args], capture_output=True, text=True, timeout=10)
+
+    info = ask("info")
+    if info.returncode != 0:
+        why = "; ".join((info.stderr or info.stdout).split("\n")).strip("; ")
+        return f"no PulseAudio server answers (start one with .ci/start-audio): pactl info: {why}"
+    sink, source = ask("get-default-sink").stdout.strip(), ask("get-default-source").stdout.strip()
+    if not sink or source != f"{sink}.monitor":
+        return (
+            f"PulseAudio's default source {source!r} is not the monitor of its default sink {sink!r}, so "
+            "playback would not loop back to the input (.ci/start-audio sets up a null sink that way)"
+        )
+
+    try:
+        pick_devices()
+    except LookupError as e:
+        return str(e)
+    return None
+
+
+def pick_devices() -> tuple[dict, dict]:
+    """The PortAudio input and output devices to use: ALSA's "pulse" device (it always goes to the PulseAudio
+    server's default sink and source) if PortAudio lists it, otherwise PortAudio's default devices."""
+    import sounddevice as sd
+
+    devices = sd.query_devices()
+    pulse = [d for d in devices if d["name"] == "pulse" and d["max_input_channels"] and d["max_output_channels"]]
+    if pulse:
+        return pulse[0], pulse[0]
+    try:
+        return sd.query_devices(kind="input"), sd.query_devices(kind="output")
+    except sd.PortAudioError as e:
+        raise LookupError(
+            f"PortAudio sees no default input/output device ({e}); devices: {list(devices) or 'none'} — "
+            "is libasound2-plugins installed, so that PortAudio's ALSA host API reaches PulseAudio?"
+        ) from e
+
+
+def require_audio() -> None:
+    _require(audio_unavailable(), "CALLBOX_REQUIRE_AUDIO", "real audio")
+
+
+@functools.cache
+def multicast_unavailable() -> str | None:
+    """Why mDNS cannot run on loopback here, or None if it can.
+
+    Checks, in order: the zeroconf package imports, a socket can bind 127.0.0.1, a datagram sent to the mDNS
+    group 224.0.0.251 out of lo (IP_MULTICAST_IF 127.0.0.1) comes back to a socket that joined the group on
+    lo, and UDP port 5353 can be bound with SO_REUSEADDR/SO_REUSEPORT (no other mDNS stack holds it alone).
+    The probe datagram goes to an ephemeral port, not 5353, and from a socket bound to 127.0.0.1.
+    """
+    try:
+        import zeroconf  # noqa: F401
+    except ImportError as e:
+        return f"the Python package zeroconf is not installed ({e}); it is in pyproject's dependencies"
+
+    recv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    send = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            send.bind(("127.0.0.1", 0))
+        except OSError as e:
+            return f"cannot bind a UDP socket to 127.0.0.1 (is lo up with 127.0.0.1?): {e}"
+        try:
+            recv.bind((MDNS_GROUP, 0))
+            membership = socket.inet_aton(MDNS_GROUP) + socket.inet_aton("127.0.0.1")
+            recv.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+            send.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            send.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            send.sendto(b"callbox-probe", (MDNS_GROUP, recv.getsockname()[1]))
+        except OSError as e:
+            return f"IPv4 multicast on loopback fails (joining {MDNS_GROUP} on lo or sending there; is lo up?): {e}"
+        if not select.select([recv], [], [], 2.0)[0]:
+            return (
+                f"IPv4 multicast on loopback does not work: a datagram sent to {MDNS_GROUP} via lo never came "
+                "back (a firewall on lo? `ip link set lo multicast on` may help on unusual kernels)"
+            )
+    finally:
+        recv.close()
+        send.close()
+
+    for addr in ("0.0.0.0", "127.0.0.1"):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((addr, MDNS_PORT))
+        except OSError as e:
+            return f"UDP port {MDNS_PORT} on {addr} cannot be shared (another mDNS stack holds it alone?): {e}"
+        finally:
+            s.close()
+    return None
+
+
+def require_multicast() -> None:
+    _require(multicast_unavailable(), "CALLBOX_REQUIRE_MULTICAST", "mDNS on loopback")
