@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="callbox", description="Voice and video calls across the LAN.")
     ap.add_argument("--profile", default="default", metavar="NAME",
                     help="keep settings, history and identity apart (run two side by side)")
+    ap.add_argument("--self-test", action="store_true",
+                    help="call between two built-in peers through an embedded server, check each hears the other")
     headless.add_arguments(ap)
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--version", action="version", version=f"callbox {__version__}")
@@ -29,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aioice", "aiortc", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.self_test:
+        from .selftest import run
+
+        return asyncio.run(run())
     if not args.headless:
         from .ui.app import main as app_main
 

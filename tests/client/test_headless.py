@@ -81,3 +81,13 @@ async def test_killed_peer_ends_the_call_with_peer_disconnected(tmp_path):
         assert rc == 1  # the call did not end normally
         assert elapsed <= 0.2 + 0.1 + grace + 2.0  # detection (ping + timeout) + grace + process exit
         await bob.wait()
+
+
+async def test_self_test_passes_and_reports():
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "client", "--self-test",
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    text = out.decode()
+    assert proc.returncode == 0, text + err.decode()
+    assert "selftest-a hears 660.0 Hz" in text and "selftest-b hears 440.0 Hz" in text
+    assert text.rstrip().endswith("self-test passed")
