@@ -58,7 +58,7 @@ class HubConfig:
     resume_grace: float = 30.0
     ring_timeout: float = 45.0
     ping_interval: float = 10.0
-    queue_limit: int = 1000  # directed messages held for a user who is reconnecting
+    queue_limit: int = 1000  # messages kept per user for replay on resume (and so held while it reconnects)
     rate: float = 100.0  # messages per second a connection may send, sustained
     burst: float = 200.0  # ... and in one burst
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
@@ -83,10 +83,15 @@ class Session:
     resume_token: str
     conn: Conn | None
     deadline: float | None = None  # when a reconnecting session goes offline
-    queue: deque[str] = field(default_factory=deque)
+    # Every message to this user except presence and the welcome is numbered and kept (the newest
+    # queue_limit of them): while it reconnects, and for replay of what a dead socket swallowed.
+    sent: int = 0
+    recent: deque[tuple[int, str]] = field(default_factory=deque)
+    missed: int = 0  # messages recorded while it had no connection
     channels: set[str] = field(default_factory=set)
     status: str = "online"  # the status last announced
-    overflowed: bool = False  # its queue overflowed while it was away
+    overflowed: bool = False  # more than queue_limit messages came while it was away
+    received: int = 0  # frames received from the client since hello, reported when it resumes
 
 
 @dataclass
@@ -122,6 +127,8 @@ class Hub:
         if cs is None or cs.closing:
             return []
         self._out = []
+        if cs.user is not None:
+            self.sessions[cs.user].received += 1  # every frame after hello counts, whatever becomes of it
         if self._rate_limited(conn, cs, now):
             return self._take()
         if _too_big(raw):
@@ -242,10 +249,15 @@ class Hub:
         old = self.sessions.get(msg.user_id)
         resuming = (
             old is not None
-            and not old.overflowed
             and msg.resume_token is not None
             and hmac.compare_digest(old.resume_token.encode(), msg.resume_token.encode())
         )
+        # What the client got of this session; without a count, whatever was sent while it was connected.
+        got = (msg.received if msg.received is not None else old.sent - old.missed) if resuming else 0
+        if resuming and (old.overflowed or got > old.sent or (
+                got < old.sent and (not old.recent or old.recent[0][0] > got + 1))):
+            resuming = False  # a message it missed is no longer kept: it cannot pick up where it was
+
         if old is not None and not resuming:
             if old.conn is not None:
                 self._error(conn, p.NAME_TAKEN, f"'{msg.user_id}' is already online; choose another user id", "hello")
@@ -259,24 +271,27 @@ class Hub:
                 replaced = s.conn
                 self.conns[replaced].user = None
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
-            s.conn, s.deadline = conn, None
+            s.conn, s.deadline, s.missed = conn, None, 0
             if msg.display_name != s.display_name:
                 s.display_name = msg.display_name
                 s.status = ""  # announce the new name with the status
         else:
-            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn)
+            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn,
+                        recent=deque(maxlen=cfg.queue_limit))
             self.sessions[s.user_id] = s
             s.status = ""
-        self._send(conn, p.ConnectionEstablished(
+        self._out.append(Send(conn, p.ConnectionEstablished(
             user_id=s.user_id,
             resume_token=s.resume_token,
             users=tuple(self._info(o) for o in self.sessions.values() if o is not s),
             server=p.ServerInfo(version=cfg.version, ping_interval=cfg.ping_interval,
                                 resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit),
             resumed=resuming,
-        ))
-        while s.queue:
-            self._out.append(Send(conn, s.queue.popleft()))
+            received=s.received,
+        ).encode()))
+        for seq, text in s.recent:
+            if seq > got:
+                self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
         self._restore_calls(s, msg.calls, now)
         self._refresh(s)
 
@@ -481,35 +496,47 @@ class Hub:
 
     # ---------------------------------------------------------------- output
 
+    def _record(self, s: Session, text: str) -> None:
+        """Number and keep a message for a user, for its replay on resume."""
+        s.sent += 1
+        s.recent.append((s.sent, text))
+        if s.conn is None:
+            s.missed += 1
+            if s.missed > self.config.queue_limit and not s.overflowed:
+                log.warning("more than %d messages for %s while it is away; ending its session",
+                            self.config.queue_limit, s.user_id)
+                s.overflowed = True  # it can no longer resume: a message would be missing
+                s.deadline = float("-inf")  # the next expire() takes it offline
+
     def _to_user(self, user: str, msg: p.Message) -> None:
-        """Deliver to a user now, or queue it while the user is reconnecting."""
+        """Deliver to a user now, or keep it until the user is back."""
         s = self.sessions.get(user)
         if s is None:
             return
         text = msg.encode()
+        self._record(s, text)
         if s.conn is not None:
             self._out.append(Send(s.conn, text))
-        elif len(s.queue) < self.config.queue_limit:
-            s.queue.append(text)
-        else:
-            log.warning("queue for %s is full (%d); ending its session", user, len(s.queue))
-            s.overflowed = True  # it can no longer resume: a message would be missing
-            s.deadline = float("-inf")  # the next expire() takes it offline
 
     def _to_users(self, users: Iterable[str], msg: p.Message) -> None:
         text = msg.encode()
         conns = []
         for u in users:
             s = self.sessions[u]
+            self._record(s, text)
             if s.conn is not None:
                 conns.append(s.conn)
-            else:
-                self._to_user(u, msg)
         if conns:
             self._out.append(Broadcast(tuple(conns), text))
 
     def _send(self, conn: Conn, msg: p.Message) -> None:
-        self._out.append(Send(conn, msg.encode()))
+        """A reply on one connection: numbered like any message when it belongs to a session."""
+        cs = self.conns.get(conn)
+        s = self.sessions.get(cs.user) if cs is not None and cs.user is not None else None
+        if s is not None and s.conn == conn:
+            self._to_user(s.user_id, msg)
+        else:
+            self._out.append(Send(conn, msg.encode()))
 
     def _error(self, conn: Conn, code: str, message: str, ref: str | None = None) -> None:
         self._send(conn, p.Error(code=code, message=message, ref=ref))

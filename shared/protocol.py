@@ -265,6 +265,9 @@ class Hello(Message):
     token: str | None = spec(nullable(text(MAX_TOKEN, min_len=0)), default=None)
     resume_token: str | None = spec(nullable(text(MAX_TOKEN)), default=None)
     calls: tuple[ActiveCall, ...] = spec(list_of(ActiveCall, 4), default=())
+    # When resuming: how many messages (other than presence and connection_established) the client received
+    # in this session; the server replays those it sent after that.
+    received: int | None = spec(nullable(integer(0, 2**53)), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,6 +278,9 @@ class ConnectionEstablished(Message):
     users: tuple[UserInfo, ...] = spec(list_of(UserInfo))
     server: ServerInfo = spec(obj(ServerInfo))
     resumed: bool = spec(boolean, default=False)
+    # How many messages the server has received from this session since hello; a resuming client resends
+    # what it sent after that (frames that were on the wire when the connection broke).
+    received: int = spec(integer(0, 2**53), default=0)
 
 
 @dataclass(frozen=True, kw_only=True)

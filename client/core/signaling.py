@@ -117,6 +117,10 @@ class SignalingClient:
         self.channels: set[str] = set()
         self.server_info: p.ServerInfo | None = None
         self._outbox: deque[str] = deque()
+        # Sent in this session, kept until a resume tells how many the server got: (number, frame).
+        self._sent = 0
+        self._unconfirmed: deque[tuple[int, str]] = deque(maxlen=outbox_limit)
+        self._received = 0  # messages from the server in this session, presence and the welcome aside
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -131,10 +135,15 @@ class SignalingClient:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"signaling-{self.user_id}")
 
     async def stop(self, *, bye: bool = True) -> None:
-        """Leave for good: say bye (so the server skips the resume grace) and close."""
+        """Leave for good: send what is queued, say bye (so the server skips the resume grace) and close."""
         self._stopping = True
         ws = self._ws
         if ws is not None and bye and self.state is ConnState.ONLINE:
+            # The writer sends what was queued before stop() first; a bye ahead of it would have the server drop it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    while self._outbox and self._ws is ws:
+                        await asyncio.sleep(0.01)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(ws.send(p.Bye().encode()), 1)
         if self._task is not None:
@@ -216,7 +225,8 @@ class SignalingClient:
 
     async def _login(self, ws: ClientConnection) -> bool:
         hello = p.Hello(protocol=p.PROTOCOL_VERSION, user_id=self.user_id, display_name=self.display_name,
-                        token=self.token, resume_token=self.resume_token, calls=tuple(self.active_calls()))
+                        token=self.token, resume_token=self.resume_token, calls=tuple(self.active_calls()),
+                        received=self._received if self.resume_token else None)
         await ws.send(hello.encode())
         reply = p.decode(await asyncio.wait_for(ws.recv(), 10))
         if isinstance(reply, p.Error):
@@ -231,9 +241,19 @@ class SignalingClient:
         self.server_info = reply.server
         self.users = {u.user_id: u for u in reply.users}
         self.connects += 1
-        if not reply.resumed:
+        if reply.resumed:
+            # Frames the socket took but the server never got (they were on the wire when it broke) go again,
+            # ahead of anything queued since, so each arrives exactly once and in order.
+            lost = [text for seq, text in self._unconfirmed if seq > reply.received]
+            self._outbox.extendleft(reversed(lost))
+            if lost:
+                log.info("%s: resending %d message(s) lost with the connection", self.user_id, len(lost))
+            self._sent = reply.received  # the server replays what we missed after our `received`
+        else:
             # A fresh session: the server forgot our channels. Rejoin them ahead of anything queued.
             self._outbox.extendleft(reversed([p.Join(channel=c).encode() for c in sorted(self.channels)]))
+            self._sent = self._received = 0
+        self._unconfirmed.clear()
         self._set_state(ConnState.ONLINE, "resumed" if reply.resumed else "")
         self._deliver(reply)
         return True
@@ -245,10 +265,13 @@ class SignalingClient:
                 try:
                     msg = p.decode(raw)
                 except p.ProtocolError as exc:
+                    self._received += 1  # the server numbered it like any other
                     log.warning("%s: ignored a bad message from the server: %s", self.user_id, exc)
                     continue
                 if isinstance(msg, p.Presence):
                     self._presence(msg)
+                else:
+                    self._received += 1
                 self._deliver(msg)
         finally:
             writer.cancel()
@@ -260,7 +283,8 @@ class SignalingClient:
         while True:
             while self._outbox:
                 await ws.send(self._outbox[0])
-                self._outbox.popleft()
+                self._sent += 1
+                self._unconfirmed.append((self._sent, self._outbox.popleft()))
             self._wake.clear()
             await self._wake.wait()
 

@@ -254,3 +254,26 @@ def test_random_traffic_keeps_invariants(program):
             del w.closed[conn]
             conn_of = {u: c for u, c in conn_of.items() if c != conn}
         w.hub.check_invariants()
+
+
+def test_resume_replays_what_the_client_did_not_get_and_refuses_a_gap():
+    w = Wire(queue_limit=3)
+    w.login("alice")
+    token = w.login("bob")["resume_token"]
+    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    for i in range(3):
+        w.send("alice", type="channel_message", channel="room", text=f"m{i}")
+    bob_got = w.hub.sessions["bob"].sent - 2  # the last two never reached bob: a dead socket ate them
+    w.drop("bob")
+    w.open("bob2")
+    w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token,
+           received=bob_got)
+    welcome, *rest = w.take("bob2")
+    assert welcome["resumed"] is True
+    assert [m["text"] for m in rest if m["type"] == "channel_message"] == ["m1", "m2"]
+    # Asking for more than is kept (queue_limit 3) cannot resume: that would skip a message.
+    w.drop("bob2")
+    w.open("bob3")
+    w.send("bob3", type="hello", protocol=1, user_id="bob", display_name="Bob",
+           resume_token=w.hub.sessions["bob"].resume_token, received=0)
+    assert w.take("bob3")[0]["resumed"] is False
