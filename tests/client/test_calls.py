@@ -2,6 +2,7 @@
 
 import asyncio
 import itertools
+import random
 
 import numpy as np
 
@@ -233,3 +234,45 @@ async def test_echo_test_sends_back_what_it_hears(server):
         alice.engine.hangup(call_id)
         await alice.state(call_id, "ended")
         await alice.until(lambda: alice.engine.media.open_devices == 0, 5)
+
+
+async def test_call_survives_a_signaling_path_that_delays_stalls_and_cuts():
+    """Alice's signaling goes through a faulty proxy; she always comes back and no call the server had is lost."""
+    from tests.client.engines import start_engine
+    from tests.faultproxy import FaultProxy
+
+    faults = random.Random(7)
+    async with running_server(resume_grace=5, ping_interval=1, ping_timeout=1) as srv, \
+            FaultProxy(srv.port) as proxy:
+        alice = await start_engine(proxy.url, "alice", tone=440)
+        bob = await start_engine(srv.url, "bob", tone=660)
+        try:
+            await alice.until(lambda: "bob" in alice.engine.signaling.users, 5)
+            call_id = alice.engine.call("bob")
+            await bob.until(lambda: bob.incoming())
+            bob.engine.accept(call_id)
+            await alice.state(call_id, "active")
+            for kind in ["delay", "stall", "cut", "stall", "cut", "delay", "cut"]:
+                if kind == "delay":
+                    proxy.delay = faults.uniform(0.02, 0.1)
+                    await asyncio.sleep(0.3)
+                    proxy.delay = 0
+                elif kind == "stall":
+                    proxy.stall()
+                    await asyncio.sleep(faults.uniform(0.1, 0.8))
+                    proxy.unstall()
+                else:
+                    proxy.cut()
+                await alice.until(lambda: alice.engine.connection.value == "online", 5)
+                assert srv.hub.status("alice") != "offline" and call_id in srv.hub.calls
+            frames = bob.session(call_id).received.audio_frames
+            await asyncio.sleep(0.5)
+            assert bob.session(call_id).received.audio_frames > frames + 10
+            assert alice.session(call_id).call.state is State.ACTIVE
+            assert alice.engine.signaling.connects >= 4
+            bob.engine.hangup(call_id)
+            await alice.state(call_id, "ended")
+            assert alice.ended(call_id).reason == "hangup"
+        finally:
+            await alice.engine.stop()
+            await bob.engine.stop()
