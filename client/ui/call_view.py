@@ -7,7 +7,7 @@ import contextlib
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence
+from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -94,6 +94,8 @@ class CallPage(QWidget):
         self.hang.setStyleSheet("QPushButton#hangup { background: #d93636; color: white; border-radius: 6px;"
                                 "padding: 6px 16px; } QPushButton#hangup:focus { border: 2px solid #ffd54a; }")
         self.hang.clicked.connect(self.on_hangup)
+        self.hang.setShortcut(QKeySequence())  # its label changes (Cancel, Hang up), which would drop a shortcut
+        QShortcut(QKeySequence("Ctrl+Shift+E"), self, self.hang.animateClick)
         self.level = QProgressBar(maximum=100, textVisible=False)
         self.level.setFixedWidth(90)
         self.level.setToolTip("Microphone level")

@@ -270,3 +270,36 @@ def test_first_app_hosts_and_the_second_finds_it_on_the_lan(qtbot, qloop, tmp_pa
             await first.shutdown()
 
     qloop.run_until_complete(scenario())
+
+
+CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
+
+
+def test_keyboard_accept_mute_and_hang_up(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server() as srv:
+            alice, bob = await online_pair(tmp_path, srv.url)
+            try:
+                aw, bw = alice.window, bob.window
+                qtbot.mouseClick(aw.contacts.rows["bob"].audio, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5)
+                bw.activateWindow()
+                await until(lambda: bw.isActiveWindow(), 2, "Bob's window to take focus")
+                qtbot.keyClick(bw, Qt.Key.Key_A, CTRL_SHIFT)
+                await until(lambda: bw.call_page.state == "active", 10, "Ctrl+Shift+A to accept")
+                qtbot.keyClick(bw, Qt.Key.Key_M, CTRL_SHIFT)
+                # A button's shortcut clicks it as a person would see it: pressed, then released 100 ms later.
+                await until(lambda: bob.engine.media.muted and bw.call_page.mute.isChecked(), 2, "Ctrl+Shift+M")
+                assert "Unmute" in bw.call_page.mute.toolTip()
+                qtbot.keyClick(bw, Qt.Key.Key_E, CTRL_SHIFT)
+                await until(lambda: aw.stack.currentWidget() is aw.tabs, 5, "Ctrl+Shift+E to hang up")
+                for w in (aw, bw):
+                    for button in w.findChildren(type(w.settings_button)):
+                        if button.isVisible():
+                            assert button.toolTip(), f"{button.text()!r} has no tooltip"
+                            assert button.focusPolicy() != Qt.FocusPolicy.NoFocus
+            finally:
+                await alice.shutdown()
+                await bob.shutdown()
+
+    qloop.run_until_complete(scenario())
