@@ -149,19 +149,24 @@ class Engine:
             await s.pc.accept_answer(answer)
         return call_id
 
-    def accept(self, call_id: str, *, video: bool | None = None) -> None:
-        s = self.sessions[call_id]
+    def accept(self, call_id: str, *, video: bool | None = None) -> bool:
+        """Answer a ringing call; False if it is no longer ringing (the caller gave up a moment ago)."""
+        s = self.sessions.get(call_id)
+        if s is None or s.direction != "incoming":
+            return False
         if video is None:
             video = "video" in s.call.media
-        s.want = ("audio", "video") if video and "video" in s.call.media else ("audio",)
-        self._apply(s, Event.ACCEPT)
-        s.accepted_at = time.monotonic()
+        want = ("audio", "video") if video and "video" in s.call.media else ("audio",)
+        if not self._apply(s, Event.ACCEPT):
+            return False
+        s.want, s.accepted_at = want, time.monotonic()
         self.signaling.send(p.CallAccepted(to=s.call.caller, call_id=call_id, media=s.want))
+        return True
 
     def reject(self, call_id: str, reason: str = "rejected") -> None:
-        s = self.sessions[call_id]
-        self._apply(s, Event.REJECT, reason)
-        self.signaling.send(p.CallRejected(to=s.call.caller, call_id=call_id, reason=reason))
+        s = self.sessions.get(call_id)
+        if s is not None and s.direction == "incoming" and self._apply(s, Event.REJECT, reason):
+            self.signaling.send(p.CallRejected(to=s.call.caller, call_id=call_id, reason=reason))
 
     def hangup(self, call_id: str) -> None:
         s = self.sessions.get(call_id)

@@ -286,7 +286,9 @@ class MainWindow(QMainWindow):
         self._stop_ringing()
         self.incoming.hide()
         self.incoming.call_id = None
-        self.engine.accept(call_id, video=video)
+        if not self.engine.accept(call_id, video=video):
+            self.show_info(f"{name} hung up before you answered.")
+            return
         self.call_page.start(call_id, name, "incoming", media if video else ["audio"])
         self.stack.setCurrentWidget(self.call_page)
         self.bring_forward()

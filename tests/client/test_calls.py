@@ -67,6 +67,8 @@ async def test_cancel_before_answer(server):
         alice.engine.hangup(call_id)
         await bob.state(call_id, "ended")
         assert alice.ended(call_id).reason == bob.ended(call_id).reason == "cancelled"
+        assert bob.engine.accept(call_id) is False  # too late: nothing is sent, nothing changes
+        assert bob.states(call_id) == ["ringing", "ended"]
 
 
 async def test_busy(server):
