@@ -203,7 +203,6 @@ class MainWindow(QMainWindow):
         self.contacts.call.connect(self.on_call)
         self.history_page.call.connect(self.on_call)
         self.call_page.finished.connect(self.on_call_finished)
-        self.set_connection(engine.connection.value, "")
 
     # ------------------------------------------------------------ what the user sees
 

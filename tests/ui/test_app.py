@@ -303,3 +303,26 @@ def test_keyboard_accept_mute_and_hang_up(qtbot, qloop, tmp_path):
                 await bob.shutdown()
 
     qloop.run_until_complete(scenario())
+
+
+def test_connection_problems_read_as_sentences(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server(token="s3cret") as srv:
+            app = make_app(tmp_path, "tok", name="Tok", server=srv.url)
+            await app.start()
+            try:
+                await until(lambda: app.window.banner.isVisible(), 5)
+                assert app.window.banner.text() == "Not connected: this server needs a token"
+                assert srv.url in app.window.banner.toolTip()
+            finally:
+                await app.shutdown()
+        refused = make_app(tmp_path, "ref", name="Ref", server="ws://127.0.0.1:9")
+        await refused.start()
+        try:
+            await until(lambda: "refused" in refused.window.banner.text(), 5)
+            assert refused.window.banner.text().startswith("Reconnecting to the server: the server refused")
+            shot(refused.window, "refused")
+        finally:
+            await refused.shutdown()
+
+    qloop.run_until_complete(scenario())
