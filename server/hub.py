@@ -247,22 +247,23 @@ class Hub:
             self._close(conn, CLOSE_POLICY, "authentication failed")
             return
         old = self.sessions.get(msg.user_id)
-        resuming = (
+        owner = (  # the resume token proves this is the session's own client
             old is not None
             and msg.resume_token is not None
             and hmac.compare_digest(old.resume_token.encode(), msg.resume_token.encode())
         )
         # What the client got of this session; without a count, whatever was sent while it was connected.
-        got = (msg.received if msg.received is not None else old.sent - old.missed) if resuming else 0
-        if resuming and (old.overflowed or got > old.sent or (
-                got < old.sent and (not old.recent or old.recent[0][0] > got + 1))):
-            resuming = False  # a message it missed is no longer kept: it cannot pick up where it was
-
+        got = (msg.received if msg.received is not None else old.sent - old.missed) if owner else 0
+        resuming = owner and not (old.overflowed or got > old.sent or (
+            got < old.sent and (not old.recent or old.recent[0][0] > got + 1)))
         if old is not None and not resuming:
-            if old.conn is not None:
+            if old.conn is not None and not owner:
                 self._error(conn, p.NAME_TAKEN, f"'{msg.user_id}' is already online; choose another user id", "hello")
                 return
-            self._drop_session(old, now)  # a stale session in its grace period gives way to a fresh login
+            if old.conn is not None:  # its own client, back too late to resume: the old connection gives way
+                self._close(old.conn, CLOSE_REPLACED, "replaced by a newer connection")
+            # A stale session gives way to a fresh login (its calls end: a message for them would be missing).
+            self._drop_session(old, now)
         cs = self.conns[conn]
         cs.user = msg.user_id
         if resuming:

@@ -22,6 +22,10 @@ log = logging.getLogger("callbox.server")
 # Frames up to this size reach the hub, which answers anything over MAX_MESSAGE_BYTES with an error
 # before closing with 1009; past it the websockets library closes with 1009 by itself.
 READ_LIMIT = 16 * MAX_MESSAGE_BYTES
+# A peer that stops reading while messages pile up for it is cut once this much waits in its write buffer;
+# it resumes like any dropped client and gets what it missed from the replay buffer.
+WRITE_LIMIT = 1 << 20
+CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the TCP connection is dropped
 
 
 class SignalingServer:
@@ -47,7 +51,7 @@ class SignalingServer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closing: set[asyncio.Task] = set()
-        self._timed_out: set[ServerConnection] = set()
+        self._dropped: dict[ServerConnection, str] = {}  # connections we aborted, and why
 
     # ------------------------------------------------------------ lifecycle
 
@@ -60,6 +64,7 @@ class SignalingServer:
             max_size=READ_LIMIT,
             ping_interval=None,  # our own keepalive below notices a dead peer without waiting for a close handshake
             compression="deflate" if self.compression else None,
+            close_timeout=CLOSE_TIMEOUT,
             process_request=_health,
             server_header=f"callbox/{__version__}",
         )
@@ -119,8 +124,7 @@ class SignalingServer:
                 keepalive.cancel()
             user = self.hub.conns[ws].user if ws in self.hub.conns else None
             self._apply(self.hub.close(ws, loop.time()))
-            why = "no pong within the ping timeout" if ws in self._timed_out else _why(ws)
-            self._timed_out.discard(ws)
+            why = self._dropped.pop(ws, None) or _why(ws)
             log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", why)
 
     async def _keepalive(self, ws: ServerConnection) -> None:
@@ -128,14 +132,16 @@ class SignalingServer:
         aborted at once, so the hub hears of it within interval + timeout rather than after a close handshake
         that a vanished peer will never finish."""
         interval, timeout = self.hub.config.ping_interval, self.ping_timeout
+        async def ping_pong() -> None:
+            pong = await ws.ping()  # this waits too when the peer stopped reading and our buffer is full
+            await pong
+
         try:
             while True:
                 await asyncio.sleep(interval)
-                pong = await ws.ping()
-                if timeout:
-                    await asyncio.wait_for(pong, timeout)
+                await asyncio.wait_for(ping_pong(), timeout or None)
         except TimeoutError:
-            self._timed_out.add(ws)
+            self._dropped[ws] = "no pong within the ping timeout (connection dropped)"
             ws.transport.abort()
         except ConnectionClosed:
             pass
@@ -152,11 +158,19 @@ class SignalingServer:
                 task.add_done_callback(self._closing.discard)
         self._schedule()
 
-    @staticmethod
-    def _deliver(conns: Iterable[ServerConnection], text: str) -> None:
+    def _deliver(self, conns: Iterable[ServerConnection], text: str) -> None:
         """Every write to a user goes through here. It never waits for a slow peer, and a connection that is
-        closing or closed is skipped: its handler's exit tells the hub, which is the one place that cleans up."""
-        broadcast(conns, text)
+        closing or closed is skipped: its handler's exit tells the hub, which is the one place that cleans up.
+        A peer whose unread backlog passed WRITE_LIMIT is dropped instead of buffering without end."""
+        ready = []
+        for ws in conns:
+            if ws.transport.get_write_buffer_size() > WRITE_LIMIT:
+                if ws not in self._dropped:
+                    self._dropped[ws] = f"more than {WRITE_LIMIT} bytes left unread (connection dropped)"
+                    ws.transport.abort()
+            else:
+                ready.append(ws)
+        broadcast(ready, text)
 
     # ------------------------------------------------------------ deadlines
 

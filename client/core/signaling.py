@@ -245,6 +245,10 @@ class SignalingClient:
             # Frames the socket took but the server never got (they were on the wire when it broke) go again,
             # ahead of anything queued since, so each arrives exactly once and in order.
             lost = [text for seq, text in self._unconfirmed if seq > reply.received]
+            kept_from = self._unconfirmed[0][0] if self._unconfirmed else self._sent + 1
+            if kept_from > reply.received + 1:
+                log.warning("%s: %d sent message(s) were lost with the connection and are no longer kept",
+                            self.user_id, kept_from - reply.received - 1)
             self._outbox.extendleft(reversed(lost))
             if lost:
                 log.info("%s: resending %d message(s) lost with the connection", self.user_id, len(lost))

@@ -277,3 +277,18 @@ def test_resume_replays_what_the_client_did_not_get_and_refuses_a_gap():
     w.send("bob3", type="hello", protocol=1, user_id="bob", display_name="Bob",
            resume_token=w.hub.sessions["bob"].resume_token, received=0)
     assert w.take("bob3")[0]["resumed"] is False
+
+
+def test_own_client_back_too_late_to_resume_gets_a_fresh_session_not_name_taken():
+    w = Wire(queue_limit=2)
+    w.login("alice")
+    token = w.login("bob")["resume_token"]
+    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    for i in range(4):  # written into bob's (dead, not yet noticed) socket
+        w.send("alice", type="channel_message", channel="room", text=f"m{i}")
+    w.open("bob2")
+    w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token, received=1)
+    welcome = w.take("bob2")[0]
+    assert welcome["type"] == "connection_established" and welcome["resumed"] is False
+    assert w.closed["bob"] == 4000
+    assert w.hub.sessions["bob"].conn == "bob2" and w.hub.sessions["bob"].resume_token != token

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from tests.support import MS, Peer, running_server
+from tests.support import MS, Peer, eventually, running_server
 
 
 async def test_connects_and_confirms_user(server):
@@ -291,3 +291,27 @@ async def test_health_endpoint(server):
     head = await asyncio.wait_for(reader.read(200), 2)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_peer_that_stops_reading_is_dropped_not_buffered_without_end():
+    """Messages pile up for a frozen peer: past the write limit it is cut, and it may resume later."""
+    async with running_server(rate=100_000, burst=100_000, ping_interval=0.5, ping_timeout=2,
+                              resume_grace=10) as srv:
+        alice, bob = await Peer.connect(srv.url, "alice"), await Peer.connect(srv.url, "bob")
+        for peer in (alice, bob):
+            await peer.send({"type": "join", "channel": "flood"})
+            await peer.expect("joined")
+        bob.freeze()
+        line = "x" * 4000
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(2500):  # about 10 MB for bob, more than the socket buffers and the write limit
+            await alice.send({"type": "channel_message", "channel": "flood", "text": line})
+            if srv.hub.status("bob") == "reconnecting":
+                break
+        await eventually(lambda: srv.hub.status("bob") == "reconnecting", 5)
+        assert loop.time() - start < 8
+        assert srv.hub.status("alice") == "online"
+        stopping = loop.time()
+        await srv.stop()
+        assert loop.time() - stopping < 5  # shutdown does not hang on the frozen peer
