@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from shared import __version__
@@ -25,6 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+        if os.path.basename(sys.argv[0]).startswith("callbox-server"):
+            argv = ["server", *argv]
+    if argv[:1] == ["server"]:  # one frozen executable is both: `callbox server ...`, or named callbox-server
+        from server.cli import main as server_main
+
+        return server_main(argv[1:])
     ap = build_parser()
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
