@@ -20,7 +20,7 @@ from .signaling import ConnState, SignalingClient
 
 log = logging.getLogger("callbox.engine")
 
-ECHO_PEER = "echo"  # the peer name of a sound and video check
+ECHO_PEER = "(echo)"  # the peer of a sound and video check; no user id can look like it
 
 
 @dataclass

@@ -95,10 +95,11 @@ class History:
 def recorder(history: History):
     """An engine listener that writes every call's start, answer and end into the history."""
     from . import events as ev
+    from .engine import ECHO_PEER
 
     def on_event(e) -> None:
-        if not isinstance(e, ev.CallChanged):
-            return
+        if not isinstance(e, ev.CallChanged) or e.peer == ECHO_PEER:
+            return  # a sound and video check is not a call anyone made
         if e.state == "ringing":
             history.started(e.call_id, e.peer, e.display_name, e.direction, e.media)
         elif e.state == "connecting":

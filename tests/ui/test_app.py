@@ -198,6 +198,7 @@ def test_sound_and_video_check(qtbot, qloop, tmp_path):
                 shot(w, "sound_check")
                 qtbot.mouseClick(w.call_page.hang, Qt.MouseButton.LeftButton)
                 await until(lambda: w.stack.currentWidget() is w.tabs, 5)
+                assert app.history.entries() == []  # a check is not a call in the history
             finally:
                 await app.shutdown()
 
