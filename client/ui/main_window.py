@@ -203,6 +203,7 @@ class MainWindow(QMainWindow):
         self.contacts.call.connect(self.on_call)
         self.history_page.call.connect(self.on_call)
         self.call_page.finished.connect(self.on_call_finished)
+        self.connection.setToolTip(f"Server: {server_url}")
 
     # ------------------------------------------------------------ what the user sees
 

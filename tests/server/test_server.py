@@ -298,20 +298,18 @@ async def test_a_peer_that_stops_reading_is_dropped_not_buffered_without_end():
     async with running_server(rate=100_000, burst=100_000, ping_interval=0.5, ping_timeout=2,
                               resume_grace=10) as srv:
         alice, bob = await Peer.connect(srv.url, "alice"), await Peer.connect(srv.url, "bob")
-        for peer in (alice, bob):
-            await peer.send({"type": "join", "channel": "flood"})
-            await peer.expect("joined")
+        await alice.call(bob)
         bob.freeze()
-        line = "x" * 4000
+        sdp = "v=0 " + "x" * 60_000  # only bob receives these; alice hears nothing back
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for _ in range(2500):  # about 10 MB for bob, more than the socket buffers and the write limit
-            await alice.send({"type": "channel_message", "channel": "flood", "text": line})
+        for _ in range(200):  # about 12 MB for bob, more than the socket buffers and the write limit
+            await alice.send({"type": "webrtc_offer", "to": "bob", "call_id": "c1", "sdp": sdp})
             if srv.hub.status("bob") == "reconnecting":
                 break
         await eventually(lambda: srv.hub.status("bob") == "reconnecting", 5)
         assert loop.time() - start < 8
-        assert srv.hub.status("alice") == "online"
+        assert srv.hub.status("alice") == "in_call"  # the sender is untouched
         stopping = loop.time()
         await srv.stop()
         assert loop.time() - stopping < 5  # shutdown does not hang on the frozen peer
