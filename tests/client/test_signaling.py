@@ -695,9 +695,9 @@ async def test_random_delays_stalls_and_cuts_keep_order_and_never_lose_a_queued_
             await bob.close()
 
 
-async def test_message_on_the_wire_at_a_cut_is_resent_once():
-    """The server says how many messages it received (connection_established.received); the client resends
-    exactly those it sent after that, so a frame lost with the connection arrives once, in order."""
+@contextlib.asynccontextmanager
+async def alice_through_a_proxy():
+    """Bob on the server directly, alice through a fault proxy, both in channel "room"."""
     async with running_server(resume_grace=5) as srv, FaultProxy(srv.port) as proxy:
         bob = await joined_peer(srv.url, "bob", "room")
         probe = Probe()
@@ -707,41 +707,37 @@ async def test_message_on_the_wire_at_a_cut_is_resent_once():
             client.join("room")
             await online(client)
             await eventually(lambda: "alice" in srv.hub.channels["room"])
-            proxy.stall()
-            client.send(chat("on the wire"))
-            await eventually(lambda: client.pending == 0)  # the socket took it; the stalled path holds it
-            proxy.cut()
-            proxy.unstall()
-            await eventually(lambda: client.connects == 2)
-            client.send(chat("after"))
-            await eventually(lambda: "after" in bob.texts("room", "alice"))
-            assert bob.texts("room", "alice") == ["on the wire", "after"]
+            yield srv, proxy, bob, probe, client
         finally:
             await client.stop()
             await bob.close()
+
+
+async def test_message_on_the_wire_at_a_cut_is_resent_once():
+    """The server says how many messages it received (connection_established.received); the client resends
+    exactly those it sent after that, so a frame lost with the connection arrives once, in order."""
+    async with alice_through_a_proxy() as (srv, proxy, bob, probe, client):
+        proxy.stall()
+        client.send(chat("on the wire"))
+        await eventually(lambda: client.pending == 0)  # the socket took it; the stalled path holds it
+        proxy.cut()
+        proxy.unstall()
+        await eventually(lambda: client.connects == 2)
+        client.send(chat("after"))
+        await eventually(lambda: "after" in bob.texts("room", "alice"))
+        assert bob.texts("room", "alice") == ["on the wire", "after"]
 
 
 async def test_a_message_the_server_wrote_into_a_dead_socket_is_replayed_once():
     """The other direction: the client says in hello how many messages it got; the server replays the rest."""
-    async with running_server(resume_grace=5) as srv, FaultProxy(srv.port) as proxy:
-        bob = await joined_peer(srv.url, "bob", "room")
-        probe = Probe()
-        client = make_client(proxy.url, "alice", probe)
-        try:
-            client.start()
-            client.join("room")
-            await online(client)
-            await eventually(lambda: "alice" in srv.hub.channels["room"])
-            proxy.stall()  # the server's frames to alice now die in the proxy
-            await bob.peer.send({"type": "channel_message", "channel": "room", "text": "into the void"})
-            await eventually(lambda: srv.hub.sessions["alice"].sent >= 2)  # joined, then the chat line
-            proxy.cut()
-            proxy.unstall()
-            await eventually(lambda: client.connects == 2)
-            await bob.peer.send({"type": "channel_message", "channel": "room", "text": "next"})
-            await eventually(lambda: any(m.text == "next" for m in probe.of(p.ChannelMessage)))
-            assert [m.text for m in probe.of(p.ChannelMessage)] == ["into the void", "next"]
-            assert probe.of(p.ConnectionEstablished)[1].resumed
-        finally:
-            await client.stop()
-            await bob.close()
+    async with alice_through_a_proxy() as (srv, proxy, bob, probe, client):
+        proxy.stall()  # the server's frames to alice now die in the proxy
+        await bob.peer.send({"type": "channel_message", "channel": "room", "text": "into the void"})
+        await eventually(lambda: srv.hub.sessions["alice"].sent >= 2)  # joined, then the chat line
+        proxy.cut()
+        proxy.unstall()
+        await eventually(lambda: client.connects == 2)
+        await bob.peer.send({"type": "channel_message", "channel": "room", "text": "next"})
+        await eventually(lambda: any(m.text == "next" for m in probe.of(p.ChannelMessage)))
+        assert [m.text for m in probe.of(p.ChannelMessage)] == ["into the void", "next"]
+        assert probe.of(p.ConnectionEstablished)[1].resumed
