@@ -114,6 +114,7 @@ class Hub:
         self.call_deadlines: dict[str, float] = {}
         self.channels: dict[str, set[str]] = {}
         self.claims: dict[str, _Claim] = {}
+        self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
@@ -155,6 +156,7 @@ class Hub:
 
     def close(self, conn: Conn, now: float) -> list[Action]:
         """The transport lost this connection, however it went."""
+        self.deadlines_changed = True
         cs = self.conns.pop(conn, None)
         self._out = []
         if cs is None or cs.user is None:
@@ -172,6 +174,7 @@ class Hub:
 
     def expire(self, now: float) -> list[Action]:
         """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims."""
+        self.deadlines_changed = True
         self._out = []
         for call_id, deadline in list(self.call_deadlines.items()):
             call = self.calls.get(call_id)
@@ -235,6 +238,7 @@ class Hub:
     # ---------------------------------------------------------------- session
 
     def _hello(self, conn: Conn, msg: p.Hello, now: float) -> None:
+        self.deadlines_changed = True
         cfg = self.config
         if msg.protocol != p.PROTOCOL_VERSION:
             self._error(conn, p.UNSUPPORTED_PROTOCOL,
@@ -298,6 +302,7 @@ class Hub:
 
     def _drop_session(self, s: Session, now: float) -> None:
         """The user is gone for good: end its calls, leave its channels, announce it offline."""
+        self.deadlines_changed = True
         del self.sessions[s.user_id]
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
@@ -420,6 +425,7 @@ class Hub:
             self._forget_call(call)
 
     def _accept(self, user: str, conn: Conn, call: Call, now: float) -> None:
+        self.deadlines_changed = True
         if user != call.callee:
             raise _Refused(p.INVALID_STATE, "only the callee can accept a call")
         for party in call.parties():
@@ -432,6 +438,7 @@ class Hub:
             self._refresh(self.sessions[party])
 
     def _call_incoming(self, user: str, conn: Conn, msg: p.CallIncoming, now: float) -> None:
+        self.deadlines_changed = True
         callee = msg.to
         if callee == user:
             self._error(conn, p.BAD_MESSAGE, "you cannot call yourself", msg.call_id)
@@ -466,6 +473,7 @@ class Hub:
         )
 
     def _forget_call(self, call: Call) -> None:
+        self.deadlines_changed = True
         self.calls.pop(call.call_id, None)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
@@ -508,6 +516,7 @@ class Hub:
                             self.config.queue_limit, s.user_id)
                 s.overflowed = True  # it can no longer resume: a message would be missing
                 s.deadline = float("-inf")  # the next expire() takes it offline
+                self.deadlines_changed = True
 
     def _to_user(self, user: str, msg: p.Message) -> None:
         """Deliver to a user now, or keep it until the user is back."""

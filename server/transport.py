@@ -175,6 +175,9 @@ class SignalingServer:
     # ------------------------------------------------------------ deadlines
 
     def _schedule(self) -> None:
+        if not self.hub.deadlines_changed:
+            return  # the relay's hot path: no deadline moved, and next_deadline() looks at every session
+        self.hub.deadlines_changed = False
         at = self.hub.next_deadline()
         if at == self._timer_at:
             return

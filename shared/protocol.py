@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
+
+import orjson
 
 PROTOCOL_VERSION = 1
 
@@ -188,34 +189,51 @@ class Message:
             REGISTRY[cls.type] = cls
 
     @classmethod
+    def _fields(cls) -> tuple[tuple[str, str, Checker, Any], ...]:
+        """(attribute, JSON key, checker, default) per field, worked out once per class: the relay's hot path."""
+        spec = cls.__dict__.get("_spec")
+        if spec is None:
+            spec = tuple((f.name, f.metadata.get("key") or f.name, f.metadata["check"], f.default)
+                         for f in fields(cls))
+            cls._spec = spec
+        return spec
+
+    @classmethod
     def from_dict(cls, data: Any, *, where: str | None = None) -> Message:
         if not isinstance(data, dict):
             raise ProtocolError(f"{where or 'message'} must be a JSON object, not {_json_kind(data)}", field=where)
         values = {}
-        for f in fields(cls):
-            key = f.metadata.get("key") or f.name
-            label = f"{where}.{key}" if where else key
+        for name, key, check, default in cls._fields():
             if key in data:
-                values[f.name] = f.metadata["check"](label, data[key])
-            elif f.default is MISSING:
+                values[name] = check(f"{where}.{key}" if where else key, data[key])
+            elif default is MISSING:
+                label = f"{where}.{key}" if where else key
                 raise ProtocolError(f"field '{label}' is missing", field=label, ref=cls.type or None)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type} if self.type else {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value in (None, ()) and f.default == value:
-                continue  # optional fields that are unset stay off the wire
-            if isinstance(value, tuple):
+        for name, key, _check, default in self._fields():
+            value = getattr(self, name)
+            if value is None or value == ():
+                if default == value:
+                    continue  # optional fields that are unset stay off the wire
+            elif isinstance(value, tuple):
                 value = [v.to_dict() if isinstance(v, Message) else v for v in value]
             elif isinstance(value, Message):
                 value = value.to_dict()
-            out[f.metadata.get("key") or f.name] = value
+            out[key] = value
         return out
 
     def encode(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return _encode(self.to_dict())
+
+
+def _encode(data: dict) -> str:
+    return orjson.dumps(data).decode()  # compact, UTF-8; about 10x the standard library's speed
+
+
+_decode = orjson.loads  # strict JSON: no NaN or Infinity, integers within 64 bits, nesting within 1024
 
 
 USER_ID = ident(MAX_USER_ID)
@@ -317,7 +335,9 @@ class Relayed(Message):
 
     def routed(self, sender: str) -> Relayed:
         """The same message as the server delivers it: `from` set to the real sender, `to` dropped."""
-        return replace(self, to=None, sender=sender)
+        routed = object.__new__(type(self))  # what dataclasses.replace does, without re-running the checks
+        routed.__dict__.update(self.__dict__, to=None, sender=sender)
+        return routed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -428,7 +448,7 @@ def decode(raw: str | bytes, *, allowed: frozenset[str] | None = None) -> Messag
     if isinstance(raw, (bytes, bytearray, memoryview)):
         raise ProtocolError("binary frames are not supported; send JSON in a text frame")
     try:
-        data = json.loads(raw)
+        data = _decode(raw)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from None
     if not isinstance(data, dict):
