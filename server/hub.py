@@ -114,6 +114,7 @@ class Hub:
         self.call_deadlines: dict[str, float] = {}
         self.channels: dict[str, set[str]] = {}
         self.claims: dict[str, _Claim] = {}
+        self.in_call: dict[str, Call] = {}  # user -> its established call
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self._out: list[Action] = []
 
@@ -204,8 +205,8 @@ class Hub:
         return "offline" if s is None else self._derive_status(s)
 
     def call_of(self, user_id: str) -> Call | None:
-        """The established call this user is in, if any."""
-        return next((c for c in self.calls.values() if c.established and c.involves(user_id)), None)
+        """The established call this user is in, if any (kept in a dict: a welcome asks it for every user)."""
+        return self.in_call.get(user_id)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the state is inconsistent. Used by the property tests."""
@@ -230,6 +231,7 @@ class Hub:
                     assert u not in established, f"{u} is in two established calls"
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
+        assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
         for ch, members in self.channels.items():
             assert members, f"empty channel {ch} kept"
             for u in members:
@@ -330,6 +332,7 @@ class Hub:
                     call = Call(ac.call_id, caller=ac.peer, callee=s.user_id, media=ac.media)
                     call.apply(Event.ACCEPT, now=now)
                     self.calls[call.call_id] = call
+                    self.in_call[ac.peer] = self.in_call[s.user_id] = call
                     self._refresh(self.sessions[ac.peer])
             else:
                 # The other party may come back later than a resume grace would allow (its backoff, its own
@@ -435,6 +438,7 @@ class Hub:
         call.apply(Event.ACCEPT, now=now)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
+            self.in_call[party] = call
             self._refresh(self.sessions[party])
 
     def _call_incoming(self, user: str, conn: Conn, msg: p.CallIncoming, now: float) -> None:
@@ -477,6 +481,8 @@ class Hub:
         self.calls.pop(call.call_id, None)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
+            if self.in_call.get(party) is call:
+                del self.in_call[party]
             s = self.sessions.get(party)
             if s is not None:
                 self._refresh(s)

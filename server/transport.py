@@ -117,6 +117,9 @@ class SignalingServer:
                     log.exception("hub failed on a message from %s", peer)
                     continue
                 self._apply(actions)
+                # An idle connection must not pin its last frame and the hub's answer to it: after a hello
+                # that is the welcome listing every user, which made memory grow with the square of users.
+                del actions, raw
         except ConnectionClosed:
             pass  # a vanished peer is normal life; the reason is logged below
         finally:
