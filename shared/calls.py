@@ -48,13 +48,6 @@ for _state in ESTABLISHED:
     for _event in (E.HANGUP, E.DISCONNECT, E.FAIL):
         TRANSITIONS[(_state, _event)] = S.ENDED
 
-# The reason a call ended, as carried by call_ended / call_rejected.
-REASONS = (
-    "hangup", "rejected", "busy", "cancelled", "no_answer",
-    "peer_disconnected", "ice_failed", "glare", "error",
-)
-
-
 class IllegalTransition(Exception):
     """An event that the call's current state does not allow. The call is unchanged."""
 
@@ -75,9 +68,6 @@ class Call:
     state: State = S.RINGING
     reason: str | None = None
     history: list[tuple[State, float]] = field(default_factory=list)
-
-    def can(self, event: Event) -> bool:
-        return (self.state, event) in TRANSITIONS
 
     def apply(self, event: Event, *, now: float = 0.0, reason: str | None = None) -> State:
         """Move along the table; raise IllegalTransition (and change nothing) if the event is not allowed."""

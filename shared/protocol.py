@@ -440,7 +440,6 @@ CLIENT_TYPES = frozenset(
         WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage,
     )
 )
-RELAYED_TYPES = frozenset(t for t, cls in REGISTRY.items() if issubclass(cls, Relayed))
 
 
 def decode(raw: str | bytes, *, allowed: frozenset[str] | None = None) -> Message:
@@ -466,7 +465,3 @@ def decode(raw: str | bytes, *, allowed: frozenset[str] | None = None) -> Messag
     except ProtocolError as exc:
         exc.ref = kind
         raise
-
-
-def encode(msg: Message) -> str:
-    return msg.encode()

@@ -22,11 +22,6 @@ class Ringtone:
         self.device = device
         self._stream = None
         self._pos = 0
-        self.problem: str | None = None
-
-    @property
-    def playing(self) -> bool:
-        return self._stream is not None
 
     def start(self) -> None:
         if self._stream is not None:
@@ -38,7 +33,6 @@ class Ringtone:
                                            device=self.device or None, callback=self._callback)
             self._stream.start()
         except (DeviceMissing, Exception) as exc:  # no sound card: ring silently, the window still shows it
-            self.problem = str(exc)
             self._stream = None
             log.info("ringtone not played: %s", exc)
 
