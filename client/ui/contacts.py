@@ -21,6 +21,19 @@ STATUS = {"online": ("#2e9d4f", "Online"), "in_call": ("#d9a400", "In a call"),
 FILTER_FROM = 8  # show the filter box once the list is this long
 
 
+def lay_out_row(row: QWidget, title: QLabel, detail: QLabel, *buttons: QWidget) -> None:
+    """A list row: a title over a detail line on the left, buttons on the right."""
+    line = QHBoxLayout(row)
+    line.setContentsMargins(8, 4, 8, 4)
+    text = QVBoxLayout()
+    text.setSpacing(0)
+    text.addWidget(title)
+    text.addWidget(detail)
+    line.addLayout(text, 1)
+    for button in buttons:
+        line.addWidget(button)
+
+
 class ContactRow(QWidget):
     call = Signal(str, bool)  # user_id, video
 
@@ -42,15 +55,7 @@ class ContactRow(QWidget):
         busy = user.status != "online"
         for b in (self.audio, self.video):
             b.setEnabled(not busy)
-        row = QHBoxLayout(self)
-        row.setContentsMargins(8, 4, 8, 4)
-        col = QVBoxLayout()
-        col.setSpacing(0)
-        col.addWidget(self.name)
-        col.addWidget(self.status)
-        row.addLayout(col, 1)
-        row.addWidget(self.audio)
-        row.addWidget(self.video)
+        lay_out_row(self, self.name, self.status, self.audio, self.video)
 
 
 class ContactsPage(QWidget):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
 from .call_view import clock
+from .contacts import lay_out_row
 from .resources import icon
 
 KIND = {"missed": ("#d93636", "Missed"), "incoming": ("#2e9d4f", "Incoming"), "outgoing": ("#3478d4", "Outgoing")}
@@ -37,14 +38,7 @@ class HistoryRow(QWidget):
         self.back = QPushButton(icon("phone"), "Call back")
         self.back.setToolTip(f"Call {entry.peer_name} again")
         self.back.clicked.connect(lambda: on_call(entry.peer, "video" in entry.media))
-        row = QHBoxLayout(self)
-        row.setContentsMargins(8, 4, 8, 4)
-        col = QVBoxLayout()
-        col.setSpacing(0)
-        col.addWidget(self.title)
-        col.addWidget(self.detail)
-        row.addLayout(col, 1)
-        row.addWidget(self.back)
+        lay_out_row(self, self.title, self.detail, self.back)
 
 
 class HistoryPage(QWidget):
