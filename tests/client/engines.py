@@ -67,3 +67,13 @@ async def engines(url: str, *specs: tuple[str, float], video: bool = False, **co
         yield probes
     finally:
         await asyncio.gather(*(p.engine.stop() for p in probes), return_exceptions=True)
+
+
+async def connected_call(caller: Probe, callee: Probe, *, video: bool = False) -> str:
+    """The caller rings, the callee accepts, and both see the call active; returns its call_id."""
+    call_id = caller.engine.call(callee.user, video=video)
+    await callee.until(lambda: call_id in callee.engine.sessions)
+    callee.engine.accept(call_id, video=video)
+    await caller.state(call_id, "active")
+    await callee.state(call_id, "active")
+    return call_id

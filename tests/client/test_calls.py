@@ -8,7 +8,7 @@ import numpy as np
 
 from server import HubConfig, SignalingServer
 from shared.calls import State
-from tests.client.engines import engines
+from tests.client.engines import connected_call, engines
 from tests.support import FAST, running_server
 
 
@@ -119,10 +119,7 @@ async def test_glare_leaves_exactly_one_call(server):
 
 async def test_signaling_drop_does_not_end_the_call(server):
     async with engines(server.url, ("alice", 440), ("bob", 660)) as (alice, bob):
-        call_id = alice.engine.call("bob")
-        await bob.until(lambda: bob.incoming())
-        bob.engine.accept(call_id)
-        await alice.state(call_id, "active")
+        call_id = await connected_call(alice, bob)
         before = alice.session(call_id).received.audio_frames
         bob.engine.signaling.drop_connection()  # TCP cut, no close frame
         await bob.until(lambda: bob.engine.connection.value == "reconnecting", 2)
@@ -143,10 +140,7 @@ async def test_server_restart_mid_call_keeps_media_and_restores_presence():
     port = srv.port
     try:
         async with engines(srv.url, ("alice", 440), ("bob", 660)) as (alice, bob):
-            call_id = alice.engine.call("bob")
-            await bob.until(lambda: bob.incoming())
-            bob.engine.accept(call_id)
-            await alice.state(call_id, "active")
+            call_id = await connected_call(alice, bob)
             await srv.stop()
             counts = [(alice.session(call_id).received.audio_frames, bob.session(call_id).received.audio_frames)]
             await alice.until(lambda: alice.engine.connection.value == "reconnecting", 3)
@@ -171,10 +165,7 @@ async def test_server_restart_mid_call_keeps_media_and_restores_presence():
 
 async def test_broken_media_is_repaired_with_a_new_peer_connection(server):
     async with engines(server.url, ("alice", 440), ("bob", 660), media_timeout=0.5, repair_after=1.0) as (alice, bob):
-        call_id = alice.engine.call("bob")
-        await bob.until(lambda: bob.incoming())
-        bob.engine.accept(call_id)
-        await alice.state(call_id, "active")
+        call_id = await connected_call(alice, bob)
         # Break the network path under both peer connections: stop the ICE transports.
         for p in (alice, bob):
             for t in p.session(call_id).pc.pc.getTransceivers():
@@ -207,10 +198,7 @@ async def test_unrepairable_call_ends_with_ice_failed(server):
 
 async def test_mute_sends_silence_in_the_same_track(server):
     async with engines(server.url, ("alice", 440), ("bob", 660)) as (alice, bob):
-        call_id = alice.engine.call("bob")
-        await bob.until(lambda: bob.incoming())
-        bob.engine.accept(call_id)
-        await bob.state(call_id, "active")
+        call_id = await connected_call(alice, bob)
         alice.engine.set_muted(True)
         await asyncio.sleep(1.2)
         r = bob.session(call_id).received
@@ -250,10 +238,7 @@ async def test_call_survives_a_signaling_path_that_delays_stalls_and_cuts():
         bob = await start_engine(srv.url, "bob", tone=660)
         try:
             await alice.until(lambda: "bob" in alice.engine.signaling.users, 5)
-            call_id = alice.engine.call("bob")
-            await bob.until(lambda: bob.incoming())
-            bob.engine.accept(call_id)
-            await alice.state(call_id, "active")
+            call_id = await connected_call(alice, bob)
             for kind in ["delay", "stall", "cut", "stall", "cut", "delay", "cut"]:
                 if kind == "delay":
                     proxy.delay = faults.uniform(0.02, 0.1)
