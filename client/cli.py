@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
             return app_main(args.profile)
         except ValueError as exc:  # a bad profile name
             ap.error(str(exc))
-    missing = [flag for flag, value in (("--server", args.server), ("--user", args.user)) if not value]
-    if missing:
-        ap.error(f"--headless needs {' and '.join(missing)}")
+    if not args.user:
+        ap.error("--headless needs --user")
     return asyncio.run(headless.run(args))

@@ -6,10 +6,12 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 import time
 
 from .core import events as ev
 from .core.engine import CallSession, Engine, EngineConfig
+from .core.lan import Lan
 from .core.media import LocalMedia
 
 log = logging.getLogger("callbox.headless")
@@ -21,7 +23,8 @@ WAIT_FOR_PEER = 15.0  # seconds --call waits for the callee to come online
 def add_arguments(ap) -> None:
     g = ap.add_argument_group("headless mode")
     g.add_argument("--headless", action="store_true", help="run without a window")
-    g.add_argument("--server", help="ws:// or wss:// address of the signaling server")
+    g.add_argument("--server", help="ws:// or wss:// address of the signaling server (default: find one on the "
+                                    "LAN, or host one, and follow the LAN's server as the app does)")
     g.add_argument("--user", help="your user id")
     g.add_argument("--display-name", help="the name others see (default: the user id)")
     g.add_argument("--token", help="the server's shared secret, if it has one")
@@ -31,6 +34,62 @@ def add_arguments(ap) -> None:
     g.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone instead of the microphone")
     g.add_argument("--duration", type=float, metavar="SECONDS", help="hang up this long after the call is active")
     g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
+    g.add_argument("--events", action="store_true", help="print one JSON object per line on stdout as things happen")
+    g.add_argument("--host-port", type=int, default=8765, metavar="PORT",
+                   help="the port to host the embedded server on, when hosting (default 8765, else a free one)")
+
+
+class EventPrinter:
+    """--events: one JSON object a line on stdout, each with "event" and "time" (wall clock, seconds)."""
+
+    def __init__(self, engine: Engine, lan: Lan, out=None):
+        self.engine, self.lan = engine, lan
+        self.out = out or sys.stdout
+        self.online = False
+        self.seen: dict[str, str] = {}  # user -> the status last printed
+
+    def print(self, event: str, **fields) -> None:
+        self.out.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}) + "\n")
+        self.out.flush()
+
+    def on_event(self, e) -> None:
+        if isinstance(e, ev.ConnectionChanged):
+            if e.state == "online":
+                t = self.lan.target
+                self.online, self.seen = True, {}
+                self.print("connected", server=self.engine.signaling.url, hosted=t.how == "hosted", how=t.how,
+                           server_id=t.server_id)
+                self._presence(self.engine.users)
+            elif self.online:
+                self.online = False
+                self.print("disconnected", reason=e.reason)
+        elif isinstance(e, ev.UsersChanged) and self.online:
+            self._presence(e.users)
+        elif isinstance(e, ev.CallChanged):
+            self.print("call", call_id=e.call_id, peer=e.peer, state=e.state, reason=e.reason)
+        elif isinstance(e, ev.Hosting):
+            if e.url is not None:
+                self.print("hosting", server=e.url)
+            else:
+                self.print("hosting_stopped", reason=e.reason)
+
+    async def report_media(self, every: float = 1.0) -> None:
+        """While a call is established, what has arrived of it so far, every `every` seconds."""
+        while True:
+            await asyncio.sleep(every)
+            for s in list(self.engine.sessions.values()):
+                if s.call.established:
+                    self.print("media", call_id=s.call.call_id, audio_frames=s.received.audio_frames,
+                               video_frames=s.received.video_frames)
+
+    def _presence(self, users) -> None:
+        now = {u.user_id: u.status for u in users}
+        for user, status in now.items():
+            if self.seen.get(user) != status:
+                self.print("presence", user_id=user, status=status)
+        for user in self.seen.keys() - now.keys():
+            self.print("presence", user_id=user, status="offline")
+        self.seen = now
 
 
 def call_report(s: CallSession) -> dict:
@@ -56,8 +115,19 @@ async def run(args) -> int:
     # A tone run is a test of the path: it leaves the sound card alone and sends a pattern, not the camera.
     synthetic = args.tone is not None
     media = LocalMedia(tone_hz=args.tone, pattern=args.video and synthetic, playback=not synthetic)
-    engine = Engine(EngineConfig(server=args.server, user_id=args.user, display_name=args.display_name or args.user,
+    name = args.display_name or args.user
+    lan = Lan(configured=args.server or "", user_id=args.user, display_name=name, port=args.host_port)
+    printer = None
+    if args.events:
+        printer = EventPrinter(None, lan)
+        lan.subscribe(printer.on_event)
+    url = await lan.choose()
+    engine = Engine(EngineConfig(server=url, user_id=args.user, display_name=name,
                                  token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media)
+    lan.attach(engine)  # first: it learns which server it is on before the printer reports it
+    if printer is not None:
+        printer.engine = engine
+        engine.subscribe(printer.on_event)
     done = asyncio.Event()
     mine: set[str] = set()  # calls this process made or answered; calls it let ring do not count
     ended_for_good = asyncio.Event()
@@ -87,6 +157,7 @@ async def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     await engine.start()
+    reporter = asyncio.get_running_loop().create_task(printer.report_media()) if printer is not None else None
     try:
         if args.call:
             if not await _wait_for(engine, args.call):
@@ -95,7 +166,10 @@ async def run(args) -> int:
             engine.call(args.call, video=args.video)
         await done.wait()
     finally:
+        if reporter is not None:
+            reporter.cancel()
         await engine.stop()
+        await lan.stop()
         await asyncio.sleep(0)
         calls = [call_report(s) for s in engine.finished]
         if args.report:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import ssl
 import sys
 
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rate-limit", type=_positive(float), default=100.0, metavar="N",
                     help="messages a second one connection may send (default 100)")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
+    ap.add_argument("--advertise", action="store_true",
+                    help="announce the server on the LAN over mDNS, so that apps find it and prefer it to a server "
+                         "hosted inside an app (listen with --host 0.0.0.0 for other machines to reach it)")
+    ap.add_argument("--name", metavar="NAME", help="the name it is advertised under (default: Callbox server on "
+                                                   "HOSTNAME)")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--version", action="version", version=f"callbox-server {__version__}")
     return ap
@@ -73,15 +79,30 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
                            ssl_context=context, compression=args.deflate)
 
 
-async def run(server: SignalingServer) -> None:
+async def run(server: SignalingServer, *, advertise: str | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; with `advertise`, announce the server on the LAN under that name."""
+    from .discovery import Advertiser, DiscoveryError, server_facts
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    advertiser = Advertiser()
     try:
+        if advertise:
+            # Listening on one address: announce that one only. On every address: announce the LAN ones.
+            everywhere = server.host in ("", "0.0.0.0", "::")
+            try:
+                await advertiser.start(server.port, name=advertise, version=__version__, tls=bool(server.ssl_context),
+                                       token_required=server.hub.config.token is not None,
+                                       facts=server_facts(server.hub.config),
+                                       interfaces=None if everywhere else [server.host])
+            except DiscoveryError as exc:
+                logging.getLogger("callbox.server").warning("not advertised on the LAN: %s", exc)
         await stop.wait()
     finally:
+        await advertiser.stop()
         await server.stop()
 
 
@@ -91,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     server = make_server(args)
+    name = (args.name or f"Callbox server on {socket.gethostname()}") if args.advertise else None
     try:
-        asyncio.run(run(server))
+        asyncio.run(run(server, advertise=name))
     except OSError as exc:
         print(f"callbox-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -64,6 +64,11 @@ class HubConfig:
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
     channels_per_user: int = 50
     version: str = __version__
+    # What this server is, for choosing among several on a LAN (sent in ServerInfo and the mDNS TXT record).
+    server_id: str = field(default_factory=lambda: secrets.token_hex(6))
+    kind: str = "dedicated"  # or "embedded": hosted inside a user's app
+    started: float = field(default_factory=lambda: round(time.time(), 3))
+    host_user: str | None = None  # the user whose app hosts an embedded server
 
 
 @dataclass
@@ -116,6 +121,7 @@ class Hub:
         self.claims: dict[str, _Claim] = {}
         self.in_call: dict[str, Call] = {}  # user -> its established call
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
+        self.redirect: p.Redirect | None = None  # set when this server hands over to another one
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
@@ -190,6 +196,14 @@ class Hub:
         for call_id, claim in list(self.claims.items()):
             if claim.deadline <= now:
                 del self.claims[call_id]
+        return self._take()
+
+    def hand_over(self, url: str, server_id: str | None = None) -> list[Action]:
+        """Another server won on the LAN: tell every session, and every new one from now on, to go there."""
+        self._out = []
+        self.redirect = p.Redirect(url=url, server_id=server_id)
+        for user in list(self.sessions):
+            self._to_user(user, self.redirect)
         return self._take()
 
     def next_deadline(self) -> float | None:
@@ -292,13 +306,17 @@ class Hub:
             resume_token=s.resume_token,
             users=tuple(self._info(o) for o in self.sessions.values() if o is not s),
             server=p.ServerInfo(version=cfg.version, ping_interval=cfg.ping_interval,
-                                resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit),
+                                resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit,
+                                server_id=cfg.server_id, kind=cfg.kind, started=cfg.started,
+                                host_user=cfg.host_user),
             resumed=resuming,
             received=s.received,
         ).encode()))
         for seq, text in s.recent:
             if seq > got:
                 self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
+        if self.redirect is not None and not resuming:
+            self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
         self._restore_calls(s, msg.calls, now)
         self._refresh(s)
 

@@ -89,6 +89,16 @@ class SignalingServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def hand_over(self, url: str, server_id: str | None = None) -> None:
+        """Send every client to the server at `url`; clients that log in later are sent there too."""
+        log.info("handing over to %s", url)
+        self._apply(self.hub.hand_over(url, server_id))
+
+    @property
+    def connections(self) -> int:
+        """Open connections, logged in or not."""
+        return len(self.hub.conns)
+
     @property
     def port(self) -> int:
         if self._server is None:

@@ -22,6 +22,8 @@ MAX_REASON = 64
 MAX_TOKEN = 256
 MAX_SDP = 60 * 1024
 MAX_CANDIDATE = 1024
+MAX_SERVER_ID = 64
+MAX_URL = 2048
 
 USER_STATUSES = ("online", "in_call", "reconnecting", "offline")
 MEDIA_KINDS = ("audio", "video")
@@ -241,6 +243,15 @@ CALL_ID = ident(MAX_CALL_ID)
 CHANNEL = ident(MAX_CHANNEL)
 DISPLAY_NAME = text(MAX_DISPLAY_NAME)
 REASON = text(MAX_REASON)
+SERVER_ID = ident(MAX_SERVER_ID)
+SERVER_KINDS = ("dedicated", "embedded")
+
+
+def server_url(name: str, value: Any) -> str:
+    text(MAX_URL)(name, value)
+    if not value.startswith(("ws://", "wss://")):
+        raise _fail(name, "must start with ws:// or wss://")
+    return value
 
 
 # -- nested objects --
@@ -260,6 +271,11 @@ class ServerInfo(Message):
     resume_grace: float = spec(number)
     max_message_bytes: int = spec(integer(1, 1 << 30), default=MAX_MESSAGE_BYTES)
     queue_limit: int = spec(integer(0, 1 << 30), default=0)
+    # Which server this is, for choosing among several on a LAN (the same facts as its mDNS TXT record).
+    server_id: str | None = spec(nullable(SERVER_ID), default=None)  # new at every start
+    kind: str | None = spec(nullable(one_of(*SERVER_KINDS)), default=None)
+    started: float | None = spec(nullable(number), default=None)  # wall clock, seconds
+    host_user: str | None = spec(nullable(USER_ID), default=None)  # whose app hosts an embedded server
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -322,6 +338,15 @@ class Error(Message):
     code: str = spec(text(64))
     message: str = spec(text(1000))
     ref: str | None = spec(nullable(text(MAX_SDP, min_len=0)), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redirect(Message):
+    """Server to client: this server is handing over (another one won on the LAN); go to `url` now."""
+
+    type: ClassVar[str] = "redirect"
+    url: str = spec(server_url)
+    server_id: str | None = spec(nullable(SERVER_ID), default=None)
 
 
 # -- calls: relayed between two users; the sender writes `to`, the receiver reads `from` --

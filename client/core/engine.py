@@ -276,6 +276,8 @@ class Engine:
             self._error(msg)
         elif isinstance(msg, p.ChannelMessage):
             self._emit(ev.ChannelText(msg.channel, msg.sender or "", msg.text, msg.ts or 0.0))
+        elif isinstance(msg, p.Redirect):
+            self._emit(ev.Redirected(msg.url, msg.server_id))
 
     def _incoming(self, msg: p.CallIncoming) -> None:
         me, peer = self.config.user_id, msg.sender

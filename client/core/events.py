@@ -59,10 +59,35 @@ class ChannelText:
 
 
 @dataclass(frozen=True)
+class Redirected:
+    """The server is handing over to another one (client.core.lan decides whether to follow)."""
+
+    url: str
+    server_id: str | None
+
+
+@dataclass(frozen=True)
+class Moving:
+    """This app is moving to another server: the one it had was lost, or another won on the LAN."""
+
+    url: str
+    name: str  # the server's advertised name, e.g. "Callbox (Alice)"
+    why: str
+
+
+@dataclass(frozen=True)
+class Hosting:
+    """This app hosts the LAN's server (url set), or stopped hosting it (url None, reason says why)."""
+
+    url: str | None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class RemoteVideo:
     call_id: str
     frame: object  # av.VideoFrame
 
 
 Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | ChannelText
-         | RemoteVideo)
+         | Redirected | Moving | Hosting | RemoteVideo)

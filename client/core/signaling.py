@@ -156,6 +156,21 @@ class SignalingClient:
                 await asyncio.wait_for(ws.close(), 2)
         self._set_state(ConnState.OFFLINE, "stopped")
 
+    def retarget(self, url: str, why: str = "moving to another server") -> None:
+        """Use the server at `url` from now on. A connection or attempt in progress is dropped (no bye: the old
+        server keeps the session in its grace, so a call is not ended there) and a fresh session starts at once
+        on the new server, with the calls in progress in its hello (hello.calls) so that it restores them."""
+        if url == self.url and self.state is ConnState.ONLINE:
+            return  # already there (a server that took over the address of the one lost)
+        self.url, self.resume_token = url, None
+        log.info("%s: moving to %s", self.user_id, url)
+        if self._task is None or self._stopping:
+            return
+        old = self._task
+        old.cancel()
+        self._set_state(ConnState.RECONNECTING, why)
+        self._task = asyncio.get_running_loop().create_task(self._run(after=old), name=f"signaling-{self.user_id}")
+
     def send(self, msg: p.Message) -> None:
         """Queue a message; it goes out now if online, or in order after the next (re)connect."""
         if len(self._outbox) >= self.outbox_limit:
@@ -192,7 +207,9 @@ class SignalingClient:
             except Exception:  # a bug in the app's handler must not stop the connection loop
                 log.exception("%s: state handler failed on %s", self.user_id, state.value)
 
-    async def _run(self) -> None:
+    async def _run(self, after: asyncio.Task | None = None) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # the old connection closes first
         attempt = 0
         while not self._stopping:
             self._set_state(ConnState.CONNECTING if self.connects == 0 and attempt == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -12,10 +13,10 @@ from PySide6.QtWidgets import QApplication, QDialog
 
 from client.core.engine import Engine, EngineConfig
 from client.core.history import History, recorder
+from client.core.lan import Lan
 from client.core.media import LocalMedia
 from client.core.ringtone import Ringtone
 from client.core.settings import Profile, Settings, default_name, make_user_id
-from client.core.startup import Chosen, choose_server
 
 from .bridge import EngineBridge
 from .main_window import MainWindow
@@ -40,7 +41,7 @@ class App:
         self.window.sound_check.connect(self.on_sound_check)
         self.engine: Engine | None = None
         self.bridge: EngineBridge | None = None
-        self.chosen: Chosen | None = None
+        self.lan: Lan | None = None
         self.quit = asyncio.Event()
         self._named = asyncio.Event()
         self.shown_at: float | None = None
@@ -74,15 +75,19 @@ class App:
         s = self.settings
         self.window.set_connection("connecting", "looking for a Callbox server on the network…"
                                    if not s.server else "")
-        self.chosen = await choose_server(s.server, name=s.display_name, port=s.host_port, host=self.host,
-                                          discover=self.discover, interfaces=self.interfaces)
-        engine = Engine(EngineConfig(server=self.chosen.url, user_id=s.user_id, display_name=s.display_name,
+        self.lan = Lan(configured=s.server, user_id=s.user_id, display_name=s.display_name, port=s.host_port,
+                       host=self.host, discover=self.discover, interfaces=self.interfaces)
+        url = await self.lan.choose()
+        engine = Engine(EngineConfig(server=url, user_id=s.user_id, display_name=s.display_name,
                                      token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s))
         engine.subscribe(recorder(self.history))
         self.bridge = EngineBridge(engine, self.window)
+        self.lan.subscribe(self.bridge.on_event)
         self.engine = engine
-        where = self.chosen.url if self.chosen.how != "hosted" else f"{self.chosen.server.url} (hosted here)"
+        target = self.lan.target
+        where = target.url if target.how != "hosted" else f"{self.lan.host_url()} (hosted here)"
         self.window.attach(engine, self.bridge, where)
+        self.lan.attach(engine)
         await engine.start()
 
     async def disconnect(self) -> None:
@@ -92,9 +97,9 @@ class App:
         if self.bridge is not None:
             self.bridge.deleteLater()
             self.bridge = None
-        if self.chosen is not None:
-            await self.chosen.close()
-            self.chosen = None
+        if self.lan is not None:
+            await self.lan.stop()
+            self.lan = None
 
     def on_sound_check(self) -> None:
         if self.engine is not None and self.window.call_page.call_id is None:
@@ -108,7 +113,7 @@ class App:
         page.status.setText("Say something: you hear it back a second later")
 
     def on_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self.chosen.found if self.chosen else [], self.window)
+        dialog = SettingsDialog(self.settings, self.lan.found if self.lan else [], self.window)
         dialog.finished.connect(lambda result: self._settings_closed(dialog, result))
         dialog.open()
 
@@ -154,10 +159,10 @@ async def _serve_only() -> int:
     from server.cli import run
     from server.transport import SignalingServer
 
-    print("callbox: no screen found (DISPLAY is not set), so no window can open. Hosting the embedded "
-          "server for the LAN instead; stop it with Ctrl+C. Use `callbox --headless` to call from a terminal.",
-          file=sys.stderr)
-    await run(SignalingServer("0.0.0.0", 8765))
+    print("callbox: no screen found (DISPLAY is not set), so no window can open. Serving the LAN instead: "
+          "a Callbox server, advertised so that every app on the network uses it; stop it with Ctrl+C. Use "
+          "`callbox --headless` to call from a terminal.", file=sys.stderr)
+    await run(SignalingServer("0.0.0.0", 8765), advertise=f"Callbox server on {socket.gethostname()}")
     return 0
 
 

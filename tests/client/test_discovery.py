@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from client.core.discovery import SERVICE_TYPE, Advertiser, FoundServer, find_servers
+from server.discovery import SERVICE_TYPE, Advertiser, FoundServer, find_servers
 from shared import __version__
 from shared.protocol import PROTOCOL_VERSION
 from tests.components import require_multicast

@@ -82,3 +82,10 @@ def test_decoder_raises_only_protocol_errors(raw):
         assert str(exc)
     else:
         assert p.decode(msg.encode()) == msg  # whatever decodes, re-encodes to the same thing
+
+
+def test_redirect_needs_a_websocket_url():
+    assert p.decode('{"type":"redirect","url":"wss://h:1"}') == p.Redirect(url="wss://h:1")
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode('{"type":"redirect","url":"http://h:1"}')
+    assert info.value.field == "url" and "must start with ws:// or wss://" in str(info.value)

@@ -251,12 +251,12 @@ def test_first_app_hosts_and_the_second_finds_it_on_the_lan(qtbot, qloop, tmp_pa
         await first.start()
         second = None
         try:
-            assert first.chosen.how == "hosted" and first.chosen.server is not None
+            assert first.lan.target.how == "hosted" and first.lan.server is not None
             assert "(hosted here)" in first.window.connection.toolTip()
             second = make_app(tmp_path, "guest", name="Guest", discover=True, interfaces=loopback, tone=660)
             await second.start()
-            assert second.chosen.how == "discovered"
-            assert second.chosen.url.endswith(f":{first.chosen.server.port}")
+            assert second.lan.target.how == "discovered"
+            assert second.lan.target.url.endswith(f":{first.lan.server.port}")
             await until(lambda: "hostess" in second.window.contacts.rows, 10, "the guest to see the host")
             qtbot.mouseClick(second.window.contacts.rows["hostess"].audio, Qt.MouseButton.LeftButton)
             await until(lambda: first.window.incoming.isVisible(), 5)

@@ -1,4 +1,4 @@
-"""LAN discovery over mDNS/DNS-SD: find_servers() browses for Callbox servers, Advertiser announces ours."""
+"""LAN discovery over mDNS/DNS-SD: LanView watches the Callbox servers advertised, Advertiser announces one."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ Interfaces = Sequence[str | int] | None
 REGISTER_TIMEOUT = 10.0  # probing + announcing normally takes about 1 s
 UNREGISTER_TIMEOUT = 5.0  # the goodbye packets normally take well under 1 s
 CLOSE_TIMEOUT = 5.0
+# Our records live this long in other machines' caches. Short, so that a server that died without its goodbye
+# packets (SIGKILL, power cut) leaves every view within this time: browsers ask again at about 80 % of it, and
+# a living responder answers. The defaults (120 s for addresses, 75 min for the rest) would keep a dead server.
+RECORD_TTL = 15
+RESOLVE_TIMEOUT = 3.0
 _MAX_LABEL_BYTES = 56  # DNS labels are at most 63 bytes; keep room for zeroconf's "-2" rename on a clash
 
 
@@ -55,83 +60,155 @@ class FoundServer:
     def token_required(self) -> bool:
         return self.properties.get("token") == "1"
 
+    @property
+    def server_id(self) -> str | None:
+        return self.properties.get("id") or None
+
+    @property
+    def kind(self) -> str:
+        return self.properties.get("kind") or "embedded"
+
+    @property
+    def started(self) -> float:
+        try:
+            return int(self.properties.get("started", "")) / 1000
+        except ValueError:
+            return float("inf")  # a server that does not say when it started ranks after those that do
+
+    @property
+    def rank(self) -> tuple:
+        return rank(self.kind, self.started, self.server_id or self.url)
+
+
+def rank(kind: str | None, started: float | None, server_id: str | None) -> tuple:
+    """Where a server stands when several are advertised: the lowest wins. Every instance on the LAN computes
+    it alone from the same TXT facts, so all agree without talking: a dedicated server beats an embedded one,
+    then the one that started first, then the lower server id. None of these change while a server runs, so the
+    choice cannot flap while users move."""
+    return (0 if kind == "dedicated" else 1, started if started is not None else float("inf"), server_id or "")
+
 
 # ------------------------------------------------------------------ browsing
 
 
-async def find_servers(timeout: float = 1.5, *, interfaces: Interfaces = None) -> list[FoundServer]:
-    """Browse the LAN for Callbox servers for `timeout` seconds and return those resolved by then.
+class LanView:
+    """Watches the `_callbox._tcp` services on the LAN until `stop()`: `servers` is what is advertised now.
 
-    Never raises (except on cancellation): with no network, no zeroconf, or multicast failing it logs why
-    and returns what it has, usually []. `interfaces` restricts the browse (tests pass ["127.0.0.1"]).
+    Servers appear as they announce themselves, change when their TXT record does, and leave with their goodbye
+    packets, or RECORD_TTL after a server that died without one stops answering. `on_change` is called after
+    each change. Never raises from start() (but on cancellation): with no network, no zeroconf, or multicast
+    failing it logs why and sees nothing. `interfaces` restricts it (tests pass ["127.0.0.1"]).
     """
-    try:
-        from zeroconf import DNSQuestionType, ServiceStateChange
-        from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
-    except ImportError as e:
-        log.warning("LAN discovery is unavailable: the Python package zeroconf is not installed (%s)", e)
-        return []
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max(0.0, timeout)
-    try:
-        azc = AsyncZeroconf(interfaces=_zeroconf_interfaces(interfaces))
-    except Exception as e:  # OSError from the sockets, RuntimeError "No interfaces to listen on", ...
-        log.warning("LAN discovery found nothing: cannot open mDNS sockets on %s: %s", _describe(interfaces), e)
-        return []
+    def __init__(self, *, interfaces: Interfaces = None, on_change: Any = None):
+        self.interfaces = interfaces
+        self.on_change = on_change or (lambda: None)
+        self.servers: dict[str, FoundServer] = {}  # by instance name
+        self._azc: Any = None
+        self._browser: Any = None
+        self._resolving: dict[str, asyncio.Task] = {}
 
-    found: dict[str, FoundServer] = {}
-    resolving: dict[str, asyncio.Task] = {}
+    @property
+    def running(self) -> bool:
+        return self._azc is not None
 
-    async def resolve(name: str) -> None:
+    def sorted(self) -> list[FoundServer]:
+        """The servers advertised now, best first (see rank)."""
+        return sorted(self.servers.values(), key=lambda s: s.rank)
+
+    async def start(self) -> None:
         try:
-            info = AsyncServiceInfo(SERVICE_TYPE, name)
-            wait_ms = max(0.0, deadline - loop.time()) * 1000
-            if not await info.async_request(azc.zeroconf, wait_ms, question_type=DNSQuestionType.QM):
-                log.debug("discovery: %s did not resolve in time", name)
-                return
-            server = _found_server(info)
-            if server is not None:
-                found[name] = server
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            log.debug("discovery: resolving %s failed: %s", name, e)
-
-    def on_change(zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
-        if state_change is ServiceStateChange.Removed:
-            found.pop(name, None)
-            task = resolving.pop(name, None)
-            if task is not None:
-                task.cancel()
+            from zeroconf import DNSQuestionType
+            from zeroconf.asyncio import AsyncServiceBrowser, AsyncZeroconf
+        except ImportError as e:
+            log.warning("LAN discovery is unavailable: the Python package zeroconf is not installed (%s)", e)
             return
-        task = resolving.get(name)
-        if task is None or task.done():  # Added, or Updated (new TXT): (re)read it
-            resolving[name] = loop.create_task(resolve(name))
+        try:
+            self._azc = AsyncZeroconf(interfaces=_zeroconf_interfaces(self.interfaces))
+        except Exception as e:  # OSError from the sockets, RuntimeError "No interfaces to listen on", ...
+            log.warning("LAN discovery sees nothing: cannot open mDNS sockets on %s: %s",
+                        _describe(self.interfaces), e)
+            return
+        try:
+            # QM questions, so that answers come by multicast to every listener. To a QU question (zeroconf's
+            # default for a first query) a responder that multicast its records lately answers by unicast to
+            # port 5353, and when several mDNS stacks share that port on one machine (SO_REUSEPORT: this app's
+            # own Advertiser, another Callbox, avahi) the kernel hands the datagram to one of them, often not the
+            # asker. The cost of QM: a responder that multicast the answer less than 1 s ago waits out that second.
+            self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_service],
+                                                question_type=DNSQuestionType.QM)
+        except Exception as e:
+            log.warning("LAN discovery failed on %s: %s", _describe(self.interfaces), e)
+            await self.stop()
 
-    browser = None
-    try:
-        # QM questions, so that answers come by multicast to every listener. To a QU question (zeroconf's
-        # default for a first query) a responder that multicast its records lately answers by unicast to port
-        # 5353, and when several mDNS stacks share that port on one machine (SO_REUSEPORT: this app's own
-        # Advertiser, another Callbox, avahi) the kernel hands the datagram to one of them, often not the
-        # asker. The cost of QM: a responder that multicast the answer less than 1 s ago waits out that second.
-        browser = AsyncServiceBrowser(
-            azc.zeroconf, SERVICE_TYPE, handlers=[on_change], question_type=DNSQuestionType.QM
-        )
-        await asyncio.sleep(max(0.0, deadline - loop.time()))
-    except Exception as e:
-        log.warning("LAN discovery failed on %s: %s", _describe(interfaces), e)
-    finally:
-        tasks = list(resolving.values())
+    async def stop(self) -> None:
+        """Stop watching. Idempotent; never raises (but on cancellation)."""
+        azc, browser, self._azc, self._browser = self._azc, self._browser, None, None
+        tasks = list(self._resolving.values())
+        self._resolving.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if browser is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(browser.async_cancel(), CLOSE_TIMEOUT)
-        await _close(azc)
-    servers = sorted(found.values(), key=lambda s: (s.name.casefold(), s.url))
+        if azc is not None:
+            await _close(azc)
+
+    def _on_service(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
+        from zeroconf import ServiceStateChange
+
+        if state_change is ServiceStateChange.Removed:
+            task = self._resolving.pop(name, None)
+            if task is not None:
+                task.cancel()
+            if self.servers.pop(name, None) is not None:
+                log.debug("discovery: %s left", name)
+                self._changed()
+            return
+        task = self._resolving.get(name)
+        if task is None or task.done():  # Added, or Updated (a new TXT record): (re)read it
+            self._resolving[name] = asyncio.get_running_loop().create_task(self._resolve(name))
+
+    async def _resolve(self, name: str) -> None:
+        from zeroconf import DNSQuestionType
+        from zeroconf.asyncio import AsyncServiceInfo
+
+        try:
+            info = AsyncServiceInfo(SERVICE_TYPE, name)
+            if not await info.async_request(self._azc.zeroconf, RESOLVE_TIMEOUT * 1000,
+                                            question_type=DNSQuestionType.QM):
+                log.debug("discovery: %s did not resolve in time", name)
+                return
+            server = _found_server(info)
+            if server is not None and self.servers.get(name) != server:
+                self.servers[name] = server
+                log.debug("discovery: %s at %s (%s)", name, server.url, server.properties)
+                self._changed()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.debug("discovery: resolving %s failed: %s", name, e)
+
+    def _changed(self) -> None:
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("discovery: change handler failed")
+
+
+async def find_servers(timeout: float = 1.5, *, interfaces: Interfaces = None) -> list[FoundServer]:
+    """Browse the LAN for Callbox servers for `timeout` seconds and return those resolved by then, best first.
+
+    Never raises (except on cancellation); see LanView.
+    """
+    view = LanView(interfaces=interfaces)
+    await view.start()
+    try:
+        await asyncio.sleep(max(0.0, timeout))
+    finally:
+        await view.stop()
+    servers = view.sorted()
     log.debug("discovery: %d server(s) on %s: %s", len(servers), _describe(interfaces), [s.url for s in servers])
     return servers
 
@@ -159,7 +236,7 @@ def _best_address(addresses: Sequence[str]) -> str:
     """The address to dial: IPv4 before IPv6, one on a network this machine is on before others, loopback last."""
     local = _local_networks()
 
-    def rank(addr: str) -> tuple[int, int, int]:
+    def order(addr: str) -> tuple[int, int, int]:
         try:
             ip = ipaddress.ip_address(addr.split("%", 1)[0])
         except ValueError:
@@ -167,7 +244,7 @@ def _best_address(addresses: Sequence[str]) -> str:
         on_link = any(ip in net for net in local if net.version == ip.version)
         return (int(ip.is_loopback) * 2 + int(ip.version == 6), int(not on_link), int(ip.is_link_local))
 
-    return min(addresses, key=rank)
+    return min(addresses, key=order)
 
 
 def _local_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -191,6 +268,11 @@ def _url_host(addr: str) -> str:
 
 
 # ------------------------------------------------------------------ advertising
+
+
+def server_facts(config: Any) -> dict[str, str]:
+    """The TXT facts of a server (a HubConfig) that rank() reads: its id, kind and start time in ms."""
+    return {"id": config.server_id, "kind": config.kind, "started": str(int(config.started * 1000))}
 
 
 class Advertiser:
@@ -227,9 +309,15 @@ class Advertiser:
         version: str,
         tls: bool = False,
         token_required: bool = False,
+        facts: dict[str, str] | None = None,
         interfaces: Interfaces = None,
     ) -> None:
         """Announce a server listening on `port`; returns once the name is probed and announced.
+
+        `facts` go into the TXT record beside version, proto, tls and token: what every instance needs to choose
+        the same server (`id`, `kind`, `started` in ms; see rank). With an `id` the instance name ends in it, so
+        it is unique on the LAN without the second of probing for a clash (RFC 6762 section 8): a server that
+        takes over after another was lost is seen at once.
 
         Raises DiscoveryError (the app can go on without being discoverable) if it cannot.
         """
@@ -249,12 +337,14 @@ class Advertiser:
             raise DiscoveryError(f"bad interfaces {interfaces!r}: {e}") from e
         if not addresses:
             raise DiscoveryError(f"no address to advertise on {_describe(interfaces)}")
-        label = _instance_label(name)
+        server_id = (facts or {}).get("id")
+        label = _instance_label(name, suffix=f" {server_id[:6]}" if server_id else "")
         properties = {
             "version": version,
             "proto": str(PROTOCOL_VERSION),
             "tls": "1" if tls else "0",
             "token": "1" if token_required else "0",
+            **(facts or {}),
         }
         try:
             info = ServiceInfo(
@@ -264,6 +354,8 @@ class Advertiser:
                 properties=properties,
                 server=f"{_host_label()}-{port}.local.",
                 parsed_addresses=addresses,
+                host_ttl=RECORD_TTL,
+                other_ttl=RECORD_TTL,
             )
         except Exception as e:
             raise DiscoveryError(f"cannot describe the service {label!r}: {e}") from e
@@ -272,7 +364,8 @@ class Advertiser:
         except Exception as e:
             raise DiscoveryError(f"cannot open mDNS sockets on {_describe(interfaces)}: {e}") from e
         try:
-            announced = await azc.async_register_service(info, allow_name_change=True)
+            announced = await azc.async_register_service(info, allow_name_change=True,
+                                                         cooperating_responders=bool(server_id))
             await asyncio.wait_for(announced, REGISTER_TIMEOUT)
         except BaseException as e:
             await _close(azc)
@@ -339,11 +432,12 @@ def _is_link_local(addr: str) -> bool:
     return ipaddress.ip_address(addr.split("%", 1)[0]).is_link_local
 
 
-def _instance_label(name: str) -> str:
-    """A service instance name: printable, at most _MAX_LABEL_BYTES of UTF-8 (cut at a character boundary)."""
+def _instance_label(name: str, suffix: str = "") -> str:
+    """A service instance name: printable, at most _MAX_LABEL_BYTES of UTF-8 (cut at a character boundary),
+    ending in `suffix`."""
     label = " ".join("".join(c if c.isprintable() else " " for c in name).split()) or "Callbox"
-    raw = label.encode()[:_MAX_LABEL_BYTES]
-    return raw.decode(errors="ignore").strip() or "Callbox"
+    raw = label.encode()[:_MAX_LABEL_BYTES - len(suffix.encode())]
+    return (raw.decode(errors="ignore").strip() or "Callbox") + suffix
 
 
 def _host_label() -> str:
