@@ -17,6 +17,7 @@ from client.core.lan import Lan
 from client.core.media import LocalMedia
 from client.core.ringtone import Ringtone
 from client.core.settings import Profile, Settings, default_name, make_user_id
+from client.core.signaling import ConnState
 
 from .bridge import EngineBridge
 from .main_window import MainWindow
@@ -24,6 +25,9 @@ from .resources import asset
 from .settings_dialog import SettingsDialog
 
 log = logging.getLogger("callbox.app")
+
+CHOSEN = {"configured": "The address set in Settings", "discovered": "Found on the LAN",
+          "hosted": "Started here, as no other server was on the LAN"}
 
 
 class App:
@@ -39,6 +43,7 @@ class App:
         self.window.named.connect(self.on_named)
         self.window.open_settings.connect(self.on_settings)
         self.window.sound_check.connect(self.on_sound_check)
+        self.window.ask_before_quit = self.quit_question
         self.engine: Engine | None = None
         self.bridge: EngineBridge | None = None
         self.lan: Lan | None = None
@@ -84,9 +89,7 @@ class App:
         self.bridge = EngineBridge(engine, self.window)
         self.lan.subscribe(self.bridge.on_event)
         self.engine = engine
-        target = self.lan.target
-        where = target.url if target.how != "hosted" else f"{self.lan.host_url()} (hosted here)"
-        self.window.attach(engine, self.bridge, where)
+        self.window.attach(engine, self.bridge, self.server_in_use)
         self.lan.attach(engine)
         await engine.start()
 
@@ -112,8 +115,39 @@ class App:
         page.call_id = await self.engine.echo_test(video=True)
         page.status.setText("Say something: you hear it back a second later")
 
+    def server_in_use(self) -> str:
+        """The server in use and who hosts it, then how it was chosen, e.g. "ws://… — hosted by Bob's app" and
+        "Found on the LAN" on two lines; empty before one is chosen."""
+        if self.lan is None or self.lan.target is None:
+            return ""
+        url = self.lan.host_url() if self.lan.hosting else self.lan.target.url
+        return f"{url} — {self._host()}\n{CHOSEN[self.lan.target.how]}"
+
+    def _host(self) -> str:
+        sig = self.engine.signaling if self.engine is not None else None
+        info = sig.server_info if sig is not None else None
+        if self.lan.hosting or (info is not None and info.host_user == self.settings.user_id):
+            return "hosted by this app"
+        if info is None or sig.state is not ConnState.ONLINE:
+            return "not connected"
+        if info.kind == "dedicated" or not info.host_user:
+            return "a dedicated server"
+        host = sig.users.get(info.host_user)
+        return f"hosted by {host.display_name if host else info.host_user}'s app"
+
+    def quit_question(self) -> str | None:
+        """What to confirm before quitting: that others use the server this app hosts; None when nobody does."""
+        if self.lan is None or not self.lan.hosting:
+            return None
+        own = int(self.engine is not None and self.engine.connection is ConnState.ONLINE)
+        others = self.lan.server.connections - own
+        if others <= 0:
+            return None
+        people = "1 other person is" if others == 1 else f"{others} other people are"
+        return f"{people} connected through this computer, which hosts the LAN's Callbox server."
+
     def on_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self.lan.found if self.lan else [], self.window)
+        dialog = SettingsDialog(self.settings, self.lan.found if self.lan else [], self.server_in_use(), self.window)
         dialog.finished.connect(lambda result: self._settings_closed(dialog, result))
         dialog.open()
 

@@ -1,4 +1,4 @@
-"""The one bridge: engine events in, Qt signals out. Video frames become QImages here, newest frame only."""
+"""The one bridge: engine and LAN events in, Qt signals out. Video frames become QImages here, newest frame only."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ class EngineBridge(QObject):
     deviceProblem = Signal(str, str)  # kind, message ("" when solved)
     serverError = Signal(str, str, str)  # code, message, ref
     remoteVideo = Signal(str, QImage)  # call_id, frame
+    moving = Signal(str, str, str)  # url, name, why: the app is moving to another server
 
     def __init__(self, engine, parent=None):
         super().__init__(parent)
@@ -51,6 +52,8 @@ class EngineBridge(QObject):
             self.deviceProblem.emit(e.kind, e.message or "")
         elif isinstance(e, ev.ServerError):
             self.serverError.emit(e.code, e.message, e.ref or "")
+        elif isinstance(e, ev.Moving):
+            self.moving.emit(e.url, e.name, e.why)
 
     def _emit_video(self) -> None:
         latest, self._latest = self._latest, {}

@@ -1,9 +1,11 @@
-"""The contacts page: who is online with their status, audio and video call buttons, a filter for long lists."""
+"""The contacts page: people and their status (greyed, last known, while offline), call buttons, a filter."""
 
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -19,6 +21,15 @@ from .resources import icon
 STATUS = {"online": ("#2e9d4f", "Online"), "in_call": ("#d9a400", "In a call"),
           "reconnecting": ("#8a8a8a", "Reconnecting…")}
 FILTER_FROM = 8  # show the filter box once the list is this long
+NOT_CONNECTED = "Not connected to a server right now.\nYou can call again as soon as Callbox is back online."
+
+
+def greyed() -> str:
+    """Text colour for what may be out of date: between the list's text and its background, still readable."""
+    palette = QApplication.palette()
+    text, base = palette.color(QPalette.ColorRole.Text), palette.color(QPalette.ColorRole.Base)
+    mix = lambda a, b: round(a * 0.55 + b * 0.45)
+    return QColor(mix(text.red(), base.red()), mix(text.green(), base.green()), mix(text.blue(), base.blue())).name()
 
 
 def lay_out_row(row: QWidget, title: QLabel, detail: QLabel, *buttons: QWidget) -> None:
@@ -35,26 +46,36 @@ def lay_out_row(row: QWidget, title: QLabel, detail: QLabel, *buttons: QWidget) 
 
 
 class ContactRow(QWidget):
+    """One person: name, status and call buttons; while not connected, greyed with the last known status."""
+
     call = Signal(str, bool)  # user_id, video
 
-    def __init__(self, user, parent=None):
+    def __init__(self, user, connected: bool = True, parent=None):
         super().__init__(parent)
         self.user_id = user.user_id
         color, text = STATUS.get(user.status, ("#8a8a8a", user.status))
         self.name = QLabel(user.display_name)
-        self.name.setStyleSheet("font-weight: 600;")
-        self.status = QLabel(f"<span style='color:{color}'>●</span> {text}")
+        self.status = QLabel()
         self.audio = QPushButton(icon("phone"), "")
-        self.audio.setToolTip(f"Call {user.display_name}")
         self.audio.setAccessibleName(f"Call {user.display_name}")
         self.video = QPushButton(icon("video"), "")
-        self.video.setToolTip(f"Video call {user.display_name}")
         self.video.setAccessibleName(f"Video call {user.display_name}")
         self.audio.clicked.connect(lambda: self.call.emit(self.user_id, False))
         self.video.clicked.connect(lambda: self.call.emit(self.user_id, True))
-        busy = user.status != "online"
+        if connected:
+            self.name.setStyleSheet("font-weight: 600;")
+            self.status.setText(f"<span style='color:{color}'>●</span> {text}")
+            self.audio.setToolTip(f"Call {user.display_name}")
+            self.video.setToolTip(f"Video call {user.display_name}")
+        else:
+            grey = greyed()
+            self.name.setStyleSheet(f"font-weight: 600; color: {grey};")
+            self.status.setText(f"<span style='color:{grey}'>○ {text.rstrip('…')} (last known)</span>")
+            self.status.setToolTip("Callbox is not connected to a server, so this may have changed")
+            for b in (self.audio, self.video):
+                b.setToolTip(NOT_CONNECTED)
         for b in (self.audio, self.video):
-            b.setEnabled(not busy)
+            b.setEnabled(connected and user.status == "online")
         lay_out_row(self, self.name, self.status, self.audio, self.video)
 
 
@@ -70,7 +91,7 @@ class ContactsPage(QWidget):
         self.filter.hide()
         self.list = QListWidget()
         self.list.setAccessibleName("People online")
-        self.list.itemActivated.connect(lambda item: self.call.emit(item.data(Qt.ItemDataRole.UserRole), False))
+        self.list.itemActivated.connect(self.on_activated)
         self.empty = QLabel()
         self.empty.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty.setWordWrap(True)
@@ -80,16 +101,25 @@ class ContactsPage(QWidget):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.empty, 1)
         self.rows: dict[str, ContactRow] = {}
-        self.set_users([], connected=False)
+        self.users: list = []
+        self.connected = False
+        self.set_users([])
 
-    def set_users(self, users: list, *, connected: bool = True) -> None:
+    def set_connected(self, connected: bool) -> None:
+        """Online, rows are live; otherwise they show the last known status, greyed, and calls wait."""
+        if connected != self.connected:
+            self.connected = connected
+            self.set_users(self.users)
+
+    def set_users(self, users: list) -> None:
+        self.users = list(users)
         self.list.clear()
         self.rows = {}
         for user in users:
             item = QListWidgetItem(self.list)
             item.setData(Qt.ItemDataRole.UserRole, user.user_id)
             item.setData(Qt.ItemDataRole.DisplayRole + 100, user.display_name.lower())
-            row = ContactRow(user)
+            row = ContactRow(user, self.connected)
             row.call.connect(self.call)
             item.setSizeHint(row.sizeHint())
             self.list.setItemWidget(item, row)
@@ -98,8 +128,13 @@ class ContactsPage(QWidget):
         self.list.setVisible(bool(users))
         self.empty.setVisible(not users)
         self.empty.setText("Nobody else is online yet.\nWhen a colleague opens Callbox on this network, "
-                           "they appear here." if connected else "Connecting…")
+                           "they appear here." if self.connected else "Connecting…")
         self._apply_filter(self.filter.text())
+
+    def on_activated(self, item: QListWidgetItem) -> None:
+        row = self.rows.get(item.data(Qt.ItemDataRole.UserRole))
+        if row is not None and row.audio.isEnabled():
+            self.call.emit(row.user_id, False)
 
     def _apply_filter(self, text: str) -> None:
         needle = text.strip().lower()

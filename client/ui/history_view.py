@@ -1,4 +1,4 @@
-"""The history page: missed, incoming and outgoing calls with time and duration, and call back."""
+"""The history page: missed, incoming and outgoing calls with time and duration, and call back (while connected)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
 from .call_view import clock
-from .contacts import lay_out_row
+from .contacts import NOT_CONNECTED, lay_out_row
 from .resources import icon
 
 KIND = {"missed": ("#d93636", "Missed"), "incoming": ("#2e9d4f", "Incoming"), "outgoing": ("#3478d4", "Outgoing")}
@@ -25,7 +25,7 @@ def when(ts: float) -> str:
 
 
 class HistoryRow(QWidget):
-    def __init__(self, entry, on_call, parent=None):
+    def __init__(self, entry, on_call, connected: bool = True, parent=None):
         super().__init__(parent)
         color, label = KIND[entry.kind]
         video = " video" if "video" in entry.media else ""
@@ -36,7 +36,8 @@ class HistoryRow(QWidget):
         self.detail = QLabel(f"<span style='color:{color}'>{label}{video}</span> · {when(entry.started)}"
                              + (f" · {duration}" if duration else ""))
         self.back = QPushButton(icon("phone"), "Call back")
-        self.back.setToolTip(f"Call {entry.peer_name} again")
+        self.back.setToolTip(f"Call {entry.peer_name} again" if connected else NOT_CONNECTED)
+        self.back.setEnabled(connected)
         self.back.clicked.connect(lambda: on_call(entry.peer, "video" in entry.media))
         lay_out_row(self, self.title, self.detail, self.back)
 
@@ -55,7 +56,13 @@ class HistoryPage(QWidget):
         layout.addWidget(self.list, 1)
         layout.addWidget(self.empty, 1)
         self.rows: list[HistoryRow] = []
+        self.connected = False
         self.refresh()
+
+    def set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self.refresh()
 
     def refresh(self) -> None:
         self.list.clear()
@@ -64,7 +71,7 @@ class HistoryPage(QWidget):
             if entry.ended is None:
                 continue  # still going
             item = QListWidgetItem(self.list)
-            row = HistoryRow(entry, lambda peer, video: self.call.emit(peer, video))
+            row = HistoryRow(entry, lambda peer, video: self.call.emit(peer, video), self.connected)
             item.setSizeHint(row.sizeHint())
             self.list.setItemWidget(item, row)
             self.rows.append(row)

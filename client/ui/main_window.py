@@ -1,6 +1,8 @@
-"""The main window: connection banner, contacts and history tabs, the incoming-call panel and the call page."""
+"""The main window: connection banner, contacts and history tabs, the incoming-call panel, the call page, quitting."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence
@@ -11,6 +13,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QMainWindow,
+    QMessageBox,
     QPushButton,
     QStackedWidget,
     QSystemTrayIcon,
@@ -108,7 +111,11 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(app_icon())
         self.history = history
         self.engine = None
-        self.server_url = ""
+        self.describe_server: Callable[[], str] = lambda: ""  # the server in use and who hosts it; from the app
+        self.ask_before_quit: Callable[[], str | None] = lambda: None  # a reason to confirm quitting, or None
+        self.connection_state = ("connecting", "")
+        self.moving: tuple[str, str] | None = None  # (where to, why) from a Moving event, until online again
+        self._quitting = False
         self.ringing: dict[str, tuple[str, list]] = {}
         self.ringtone = None  # set by the app; anything with start() and stop()
 
@@ -128,12 +135,15 @@ class MainWindow(QMainWindow):
         self.incoming.reject.clicked.connect(self.on_reject)
 
         self.contacts = ContactsPage()
+        self.contacts.call.connect(self.on_call)
         self.history_page = HistoryPage(history)
+        self.history_page.call.connect(self.on_call)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.contacts, icon("phone"), "Contacts")
         self.tabs.addTab(self.history_page, icon("history"), "History")
         self.tabs.currentChanged.connect(self.on_tab)
         self.call_page = CallPage(None)
+        self.call_page.finished.connect(self.on_call_finished)
         self.welcome = WelcomePage("")
         self.welcome.done.connect(self.named)
         self.stack = QStackedWidget()
@@ -188,9 +198,10 @@ class MainWindow(QMainWindow):
         self.welcome.name.setFocus()
         self.welcome.name.selectAll()
 
-    def attach(self, engine, bridge, server_url: str) -> None:
+    def attach(self, engine, bridge, describe_server: Callable[[], str]) -> None:
+        """Show this engine, through its bridge (a new one each time); the widgets' own wiring is done once."""
         self.engine = engine
-        self.server_url = server_url
+        self.describe_server = describe_server
         self.call_page.engine = engine
         self.stack.setCurrentWidget(self.tabs)
         bridge.connectionChanged.connect(self.set_connection)
@@ -200,31 +211,45 @@ class MainWindow(QMainWindow):
         bridge.remoteVideo.connect(self.call_page.on_remote_frame)
         bridge.deviceProblem.connect(self.on_device_problem)
         bridge.serverError.connect(self.on_server_error)
-        self.contacts.call.connect(self.on_call)
-        self.history_page.call.connect(self.on_call)
-        self.call_page.finished.connect(self.on_call_finished)
-        self.connection.setToolTip(f"Server: {server_url}")
+        bridge.moving.connect(self.on_moving)
+        self._show_connection()
 
     # ------------------------------------------------------------ what the user sees
 
     def set_connection(self, state: str, reason: str) -> None:
+        self.connection_state = (state, reason)
+        online = state == "online"
+        if online:
+            self.moving = None
+        self.contacts.set_connected(online)
+        self.history_page.set_connected(online)
+        self._show_connection()
+
+    def on_moving(self, url: str, name: str, why: str) -> None:
+        self.moving = (name or url, why)
+        self._show_connection()
+
+    def _show_connection(self) -> None:
+        state, reason = self.connection_state
         text = CONNECTION_TEXT.get(state, state)
         color = {"online": "#2e9d4f", "offline": "#d93636"}.get(state, "#d9a400")
         self.connection.setText(f"<span style='color:{color}'>●</span> {text}")
-        where = self.server_url or "no server yet"
-        self.connection.setToolTip(f"Server: {where}" + (f"\n{reason}" if reason else ""))
+        where = f"Server: {self.describe_server() or 'none chosen yet'}"
+        self.connection.setToolTip(where + (f"\n{reason}" if reason else ""))
         if state == "online" or (state == "connecting" and not reason):
             self.banner.hide()
+            return
+        if self.moving is not None and state != "offline":
+            to, why = self.moving
+            text = f"Moving to {to}… ({why})"
         else:
             verb = "Reconnecting to the server" if state == "reconnecting" else "Not connected"
             text = f"{verb}: {reason}" if reason else f"{verb}…"
-            if self.call_page.call_id is not None:
-                text += "\nYour call goes on: it does not need the server."
-            self.banner.setText(text)
-            self.banner.setToolTip(f"Server: {where}")
-            self.banner.show()
-        if state == "online" and not self.contacts.rows:
-            self.contacts.set_users(self.engine.users if self.engine else [], connected=True)
+        if self.call_page.call_id is not None:
+            text += "\nYour call goes on: it does not need the server."
+        self.banner.setText(text)
+        self.banner.setToolTip(where + (f"\n{reason}" if reason else ""))
+        self.banner.show()
 
     def show_info(self, text: str) -> None:
         self.info.setText(text)
@@ -319,6 +344,24 @@ class MainWindow(QMainWindow):
     def on_call_finished(self, call_id: str, message: str) -> None:
         self.stack.setCurrentWidget(self.tabs)
         self.show_info(message)
+
+    def closeEvent(self, event) -> None:
+        question = None if self._quitting else self.ask_before_quit()
+        if question is None:
+            event.accept()
+            return
+        event.ignore()
+        box = QMessageBox(QMessageBox.Icon.Warning, "Quit Callbox?", question, parent=self)
+        box.setInformativeText("If you quit, the others will move to another host automatically; "
+                               "that can take a few seconds.")
+        box.addButton("Quit anyway", QMessageBox.ButtonRole.DestructiveRole).clicked.connect(self.on_quit_anyway)
+        box.setDefaultButton(box.addButton(QMessageBox.StandardButton.Cancel))
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    def on_quit_anyway(self) -> None:
+        self._quitting = True
+        self.close()
 
     def on_tab(self, index: int) -> None:
         if self.tabs.widget(index) is self.history_page:

@@ -1,9 +1,10 @@
-"""The settings dialog: name, server and token, devices, ICE servers and echo cancellation, saved to the profile."""
+"""The settings dialog: name, server (and the one in use) and token, devices, ICE servers and echo cancellation."""
 
 from __future__ import annotations
 
 import dataclasses
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -30,9 +31,10 @@ def _devices(kind: str) -> list[tuple[str, str]]:
 
 
 class SettingsDialog(QDialog):
-    def __init__(self, settings: Settings, found_servers: list = (), parent=None):
+    def __init__(self, settings: Settings, found_servers: list = (), in_use: str = "", parent=None):
         super().__init__(parent)
         self.setWindowTitle("Callbox settings")
+        self.setMinimumWidth(480)
         self.original = settings
         form = QFormLayout(self)
         self.name = QLineEdit(settings.display_name)
@@ -44,6 +46,9 @@ class SettingsDialog(QDialog):
             self.server.addItem(s.url)
         self.server.setCurrentText(settings.server)
         self.server.lineEdit().setPlaceholderText("automatic: find one on the LAN, or host one")
+        self.in_use = QLabel(in_use or "none yet")
+        self.in_use.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.in_use.setToolTip("The server this app uses now, who hosts it and how it was chosen")
         self.token = QLineEdit(settings.token, echoMode=QLineEdit.EchoMode.Password)
         self.token.setToolTip("The server's shared secret, if it has one")
         self.mic = self._picker("mic", settings.microphone)
@@ -60,9 +65,9 @@ class SettingsDialog(QDialog):
         self.error = QLabel()
         self.error.setStyleSheet("color: #d93636;")
         self.error.hide()
-        for label, widget in (("Your name", self.name), ("Server", self.server), ("Token", self.token),
-                              ("Microphone", self.mic), ("Speaker", self.speaker), ("Camera", self.camera),
-                              ("ICE servers", self.ice), ("", self.aec), ("", self.error)):
+        for label, widget in (("Your name", self.name), ("Server", self.server), ("In use", self.in_use),
+                              ("Token", self.token), ("Microphone", self.mic), ("Speaker", self.speaker),
+                              ("Camera", self.camera), ("ICE servers", self.ice), ("", self.aec), ("", self.error)):
             form.addRow(label, widget)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.on_save)

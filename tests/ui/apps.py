@@ -31,6 +31,17 @@ def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone
     return app
 
 
+async def online_pair(tmp_path, url, tone_a=440, tone_b=660) -> tuple[App, App]:
+    """Alice and Bob on the server at url, each seeing the other."""
+    alice = make_app(tmp_path, "alice", name="Alice", server=url, tone=tone_a)
+    bob = make_app(tmp_path, "bob", name="Bob", server=url, tone=tone_b)
+    await alice.start()
+    await bob.start()
+    await until(lambda: "bob" in alice.window.contacts.rows and "alice" in bob.window.contacts.rows, 10,
+                "both to see each other")
+    return alice, bob
+
+
 async def until(check, timeout: float = 10.0, what: str = ""):
     try:
         async with asyncio.timeout(timeout):
@@ -49,10 +60,11 @@ def shot(widget, name: str) -> Path:
 
 
 def pixels(image: QImage) -> np.ndarray:
+    """The image's RGB pixels, copied: the converted image's buffer is freed when this returns."""
     img = image.convertToFormat(QImage.Format.Format_RGB888)
     w, h = img.width(), img.height()
     return np.frombuffer(img.constBits(), dtype=np.uint8, count=img.bytesPerLine() * h).reshape(
-        h, img.bytesPerLine())[:, :w * 3].reshape(h, w, 3)
+        h, img.bytesPerLine())[:, :w * 3].reshape(h, w, 3).copy()
 
 
 def counter(image: QImage) -> int:

@@ -7,17 +7,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from client.ui.settings_dialog import SettingsDialog
 from tests.support import running_server
-from tests.ui.apps import counter, make_app, pixels, shot, until
-
-
-async def online_pair(tmp_path, url, tone_a=440, tone_b=660):
-    alice = make_app(tmp_path, "alice", name="Alice", server=url, tone=tone_a)
-    bob = make_app(tmp_path, "bob", name="Bob", server=url, tone=tone_b)
-    await alice.start()
-    await bob.start()
-    await until(lambda: "bob" in alice.window.contacts.rows and "alice" in bob.window.contacts.rows, 10,
-                "both to see each other")
-    return alice, bob
+from tests.ui.apps import counter, make_app, online_pair, pixels, shot, until
 
 
 def test_video_call_from_click_to_history(qtbot, qloop, tmp_path):
@@ -252,12 +242,13 @@ def test_first_app_hosts_and_the_second_finds_it_on_the_lan(qtbot, qloop, tmp_pa
         second = None
         try:
             assert first.lan.target.how == "hosted" and first.lan.server is not None
-            assert "(hosted here)" in first.window.connection.toolTip()
+            assert "hosted by this app" in first.window.connection.toolTip()
             second = make_app(tmp_path, "guest", name="Guest", discover=True, interfaces=loopback, tone=660)
             await second.start()
             assert second.lan.target.how == "discovered"
             assert second.lan.target.url.endswith(f":{first.lan.server.port}")
             await until(lambda: "hostess" in second.window.contacts.rows, 10, "the guest to see the host")
+            assert "hosted by Hostess's app\nFound on the LAN" in second.window.connection.toolTip()
             qtbot.mouseClick(second.window.contacts.rows["hostess"].audio, Qt.MouseButton.LeftButton)
             await until(lambda: first.window.incoming.isVisible(), 5)
             assert first.window.incoming.caller.text() == "Guest"
