@@ -34,6 +34,8 @@ def add_arguments(ap) -> None:
     g.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone instead of the microphone")
     g.add_argument("--duration", type=float, metavar="SECONDS", help="hang up this long after the call is active")
     g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
+    g.add_argument("--stay", action="store_true",
+                   help="keep running when calls end (answering more with --auto-answer), until SIGINT or SIGTERM")
     g.add_argument("--events", action="store_true", help="print one JSON object per line on stdout as things happen")
     g.add_argument("--host-port", type=int, default=8765, metavar="PORT",
                    help="the port to host the embedded server on, when hosting (default 8765, else a free one)")
@@ -139,7 +141,7 @@ async def run(args) -> int:
                 mine.add(e.call_id)
             if e.state == "active" and args.duration is not None:
                 asyncio.get_running_loop().call_later(args.duration, engine.hangup, e.call_id)
-            if e.state == "ended" and e.call_id in mine and not any(
+            if e.state == "ended" and e.call_id in mine and not args.stay and not any(
                     s.call.live for s in engine.sessions.values() if s.call.call_id in mine - {e.call_id}):
                 done.set()
         elif isinstance(e, ev.ConnectionChanged):

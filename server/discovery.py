@@ -29,6 +29,11 @@ CLOSE_TIMEOUT = 5.0
 # packets (SIGKILL, power cut) leaves every view within this time: browsers ask again at about 80 % of it, and
 # a living responder answers. The defaults (120 s for addresses, 75 min for the rest) would keep a dead server.
 RECORD_TTL = 15
+# How often a view asks the LAN again. zeroconf's browser asks at start (0.1, 1, 5, 14 s) and afterwards only
+# before the records it has expire, so a server already running on a network joined later (two islands meeting,
+# a laptop coming onto the office Wi-Fi) would be found only at the next refresh. One small packet each time;
+# what the view knows goes with it as known answers (RFC 6762 section 7.1), so only what is new is answered.
+ASK_EVERY = 5.0
 RESOLVE_TIMEOUT = 3.0
 _MAX_LABEL_BYTES = 56  # DNS labels are at most 63 bytes; keep room for zeroconf's "-2" rename on a clash
 
@@ -107,6 +112,7 @@ class LanView:
         self._azc: Any = None
         self._browser: Any = None
         self._resolving: dict[str, asyncio.Task] = {}
+        self._asking: asyncio.Task | None = None
 
     @property
     def running(self) -> bool:
@@ -137,6 +143,7 @@ class LanView:
             # asker. The cost of QM: a responder that multicast the answer less than 1 s ago waits out that second.
             self._browser = AsyncServiceBrowser(self._azc.zeroconf, SERVICE_TYPE, handlers=[self._on_service],
                                                 question_type=DNSQuestionType.QM)
+            self._asking = asyncio.get_running_loop().create_task(self._ask_again())
         except Exception as e:
             log.warning("LAN discovery failed on %s: %s", _describe(self.interfaces), e)
             await self.stop()
@@ -144,7 +151,8 @@ class LanView:
     async def stop(self) -> None:
         """Stop watching. Idempotent; never raises (but on cancellation)."""
         azc, browser, self._azc, self._browser = self._azc, self._browser, None, None
-        tasks = list(self._resolving.values())
+        tasks = [*self._resolving.values(), *([self._asking] if self._asking else [])]
+        self._asking = None
         self._resolving.clear()
         for task in tasks:
             task.cancel()
@@ -154,6 +162,24 @@ class LanView:
                 await asyncio.wait_for(browser.async_cancel(), CLOSE_TIMEOUT)
         if azc is not None:
             await _close(azc)
+
+    async def _ask_again(self) -> None:
+        from zeroconf import DNSOutgoing, DNSQuestion, current_time_millis
+        from zeroconf.const import _CLASS_IN, _FLAGS_QR_QUERY, _TYPE_PTR
+
+        while True:
+            await asyncio.sleep(ASK_EVERY)
+            try:
+                zc = self._azc.zeroconf
+                out = DNSOutgoing(_FLAGS_QR_QUERY)
+                out.add_question(DNSQuestion(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN))
+                now = current_time_millis()
+                for record in zc.cache.get_all_by_details(SERVICE_TYPE, _TYPE_PTR, _CLASS_IN):
+                    if not record.is_stale(now):
+                        out.add_answer_at_time(record, now)
+                zc.async_send(out)
+            except Exception as e:  # a failed send now and then is normal on a flapping network
+                log.debug("discovery: asking again failed: %s", e)
 
     def _on_service(self, zeroconf: Any, service_type: str, name: str, state_change: Any) -> None:
         from zeroconf import ServiceStateChange

@@ -26,6 +26,7 @@ READ_LIMIT = 16 * MAX_MESSAGE_BYTES
 # it resumes like any dropped client and gets what it missed from the replay buffer.
 WRITE_LIMIT = 1 << 20
 CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the TCP connection is dropped
+SERVER_ID_HEADER = "Callbox-Server-Id"
 
 
 class SignalingServer:
@@ -65,7 +66,7 @@ class SignalingServer:
             ping_interval=None,  # our own keepalive below notices a dead peer without waiting for a close handshake
             compression="deflate" if self.compression else None,
             close_timeout=CLOSE_TIMEOUT,
-            process_request=_health,
+            process_request=self._health,
             server_header=f"callbox/{__version__}",
         )
         log.info("callbox-server %s listening on %s", __version__, self.url)
@@ -185,6 +186,15 @@ class SignalingServer:
                 ready.append(ws)
         broadcast(ready, text)
 
+    def _health(self, connection: ServerConnection, request: Request) -> Response | None:
+        """A plain HTTP GET /health answers 200, so self-hosters can point a monitor at the server. It names
+        the server (SERVER_ID_HEADER), so an app can tell it from one that died at the same address."""
+        if request.path == "/health" and "upgrade" not in request.headers.get("Connection", "").lower():
+            response = connection.respond(HTTPStatus.OK, "ok\n")
+            response.headers[SERVER_ID_HEADER] = self.hub.config.server_id
+            return response
+        return None
+
     # ------------------------------------------------------------ deadlines
 
     def _schedule(self) -> None:
@@ -206,11 +216,6 @@ class SignalingServer:
         self._apply(self.hub.expire(asyncio.get_running_loop().time()))
 
 
-def _health(connection: ServerConnection, request: Request) -> Response | None:
-    """A plain HTTP GET /health answers 200, so self-hosters can point a monitor at the server."""
-    if request.path == "/health" and "upgrade" not in request.headers.get("Connection", "").lower():
-        return connection.respond(HTTPStatus.OK, "ok\n")
-    return None
 
 
 def _addr(ws: ServerConnection) -> str:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from server import HubConfig, SignalingServer
 from server.discovery import Advertiser, FoundServer, LanView, rank, server_facts
+from server.transport import SERVER_ID_HEADER
 from shared import __version__
 
 from . import events as ev
@@ -202,7 +203,7 @@ class Lan:
             return
         if best.rank < rank(info.kind, info.started, info.server_id):
             log.info("%s (%s) outranks the server in use; moving there", best.name, best.url)
-            await self._move(best, f"merging with {best.name or best.url}")
+            await self._move(best, "two servers were on the LAN")
 
     async def _failover(self, now: float) -> None:
         if self.target.how == "hosted" and self.server is not None:
@@ -220,15 +221,17 @@ class Lan:
             log.info("no other server on the LAN; hosting in %.1f s (turn %d)", turn * HOST_STEP, turn)
         if now >= self._host_at:
             await self._host()
-            self._emit(ev.Moving(self.target.url, self.target.name, "the server was lost; hosting it here"))
-            self.engine.signaling.retarget(self.target.url, "moving to the server hosted here")
+            if self.engine.signaling.retarget(self.target.url, "moving to the server hosted here"):
+                self._emit(ev.Moving(self.target.url, "this computer", "the server was lost"))
             self._lost_since, self._host_at = time.monotonic(), None
 
     def _host_turn(self) -> int:
-        """Our place among the survivors: the users the lost server listed (but its host), sorted by id."""
+        """Our place among the survivors: the users the lost server listed as connected (not its host, nor those
+        it had already lost: they are likely gone, and each would cost the others a turn), sorted by id."""
         sig = self.engine.signaling
         host = sig.server_info.host_user if sig.server_info is not None else None
-        known = {u for u, info in sig.users.items() if info.status != "offline" and u != host} | {self.user_id}
+        known = {u for u, info in sig.users.items() if info.status in ("online", "in_call") and u != host}
+        known.add(self.user_id)
         return sorted(known).index(self.user_id)
 
     # ------------------------------------------------------------ moves
@@ -253,15 +256,17 @@ class Lan:
 
     async def _move(self, found: FoundServer, why: str) -> bool:
         """Move the engine to `found` if it answers; hand our own server over to it first if we host."""
-        if not await reachable(found.url):
-            log.info("%s (%s) does not answer; passing it over", found.name or found.url, found.url)
+        there = await server_id_at(found.url)
+        if there is None or (found.server_id and there and there != found.server_id):
+            log.info("%s (%s) %s; passing it over", found.name or found.url, found.url,
+                     "does not answer" if there is None else f"is gone: server {there} answers there now")
             self._exclude(found.server_id or found.url)
             return False
         if self.server is not None and self.server.hub.config.server_id != found.server_id:
             await self._hand_over(found)
         self.target = Target(found.url, "discovered", found.server_id, found.name)
-        self._emit(ev.Moving(found.url, found.name, why))
-        self.engine.signaling.retarget(found.url)
+        if self.engine.signaling.retarget(found.url):
+            self._emit(ev.Moving(found.url, found.name, why))
         self._lost_since, self._host_at = time.monotonic(), None
         return True
 
@@ -291,18 +296,32 @@ class Lan:
         self._emit(ev.Hosting(None, f"handed over to {winner.name or winner.url}"))
 
 
-async def reachable(url: str, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether something accepts TCP connections at a ws:// or wss:// URL."""
+async def server_id_at(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """The id of the Callbox server answering at a ws:// or wss:// URL (from its GET /health), or None when
+    nothing answers there in time. An advertisement can outlive its server (a SIGKILL sends no goodbye) while
+    another takes its address: only the id tells them apart."""
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    tls = parts.scheme == "wss"
+    context = None
+    if tls:  # who is there, not whether to trust it: the connection itself verifies the certificate
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), timeout)
-    except (OSError, TimeoutError, ValueError):
-        return False
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return True
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port or (443 if tls else 80),
+                                                           ssl=context)
+            try:
+                writer.write(f"GET /health HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        return None
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == SERVER_ID_HEADER.lower():
+            return value.strip()
+    return ""  # something answers, but it does not say which server it is (an older Callbox, or not one)
 
 
 async def start_embedded(host: str, port: int, config: HubConfig) -> SignalingServer:

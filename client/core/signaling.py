@@ -156,20 +156,22 @@ class SignalingClient:
                 await asyncio.wait_for(ws.close(), 2)
         self._set_state(ConnState.OFFLINE, "stopped")
 
-    def retarget(self, url: str, why: str = "moving to another server") -> None:
+    def retarget(self, url: str, why: str = "moving to another server") -> bool:
         """Use the server at `url` from now on. A connection or attempt in progress is dropped (no bye: the old
         server keeps the session in its grace, so a call is not ended there) and a fresh session starts at once
-        on the new server, with the calls in progress in its hello (hello.calls) so that it restores them."""
+        on the new server, with the calls in progress in its hello (hello.calls) so that it restores them.
+        Returns False, and does nothing, when it is online at that address already."""
         if url == self.url and self.state is ConnState.ONLINE:
-            return  # already there (a server that took over the address of the one lost)
+            return False  # already there (a server that took over the address of the one lost)
         self.url, self.resume_token = url, None
         log.info("%s: moving to %s", self.user_id, url)
         if self._task is None or self._stopping:
-            return
+            return True
         old = self._task
         old.cancel()
         self._set_state(ConnState.RECONNECTING, why)
         self._task = asyncio.get_running_loop().create_task(self._run(after=old), name=f"signaling-{self.user_id}")
+        return True
 
     def send(self, msg: p.Message) -> None:
         """Queue a message; it goes out now if online, or in order after the next (re)connect."""

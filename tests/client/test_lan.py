@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-
 from client.core import events as ev
 from client.core.engine import Engine, EngineConfig
-from client.core.lan import Lan
+from client.core.lan import Lan, server_id_at
 from client.core.media import LocalMedia
 from server import HubConfig, SignalingServer
 from server.discovery import Advertiser, FoundServer, rank, server_facts
@@ -78,6 +76,33 @@ def test_rank_puts_dedicated_first_then_the_earliest_then_the_lowest_id():
     found = FoundServer(name="n", host="h", port=1, url="ws://h:1",
                         properties={"id": "abc", "kind": "dedicated", "started": "1500"})
     assert found.rank == rank("dedicated", 1.5, "abc")
+
+
+async def test_server_id_at_names_the_server_that_answers_or_none(server):
+    assert await server_id_at(server.url) == server.hub.config.server_id
+    port = server.port
+    await server.stop()
+    assert await server_id_at(f"ws://127.0.0.1:{port}") is None
+
+
+async def test_an_advertisement_that_outlived_its_server_is_passed_over():
+    """A server SIGKILLed sends no goodbye: its record stays up to its TTL, while another may answer at its
+    address. The app checks who answers before it moves, and stays."""
+    require_multicast()
+    async with lan_apps("ann") as apps:
+        (lan, ann), = apps
+        mine = lan.server.hub.config.server_id
+        ghost = Advertiser()  # a dedicated server (it would win) that died; ann's server took its port
+        facts = {"id": "0badc0ffee00", "kind": "dedicated", "started": "1000"}
+        await ghost.start(lan.server.port, name="Ghost", version=__version__, facts=facts, interfaces=LOOPBACK)
+        try:
+            await ann.until(lambda: any(s.server_id == "0badc0ffee00" for s in lan.found), 5, "the ghost's record")
+            await asyncio.sleep(1.5)
+            assert lan.hosting and server_id(ann) == mine and lan.target.server_id == mine
+            moved = [e for e in ann.events if isinstance(e, ev.Moving) or isinstance(e, ev.Hosting) and e.url is None]
+            assert not moved
+        finally:
+            await ghost.stop()
 
 
 async def test_two_hosts_merge_on_the_earlier_and_the_loser_hands_over():
@@ -187,8 +212,7 @@ async def test_a_discovered_client_follows_a_redirect_and_prefers_a_dedicated_se
             await office.stop()
 
 
-@pytest.mark.parametrize("status", ["online", "reconnecting"])
-async def test_survivors_take_turns_by_user_id_leaving_out_the_lost_host(status):
+async def test_survivors_take_turns_by_user_id_leaving_out_the_lost_host_and_the_already_lost():
     from shared import protocol as p
 
     lan = Lan(configured="", user_id="cat", display_name="Cat", discover=False)
@@ -196,7 +220,8 @@ async def test_survivors_take_turns_by_user_id_leaving_out_the_lost_host(status)
                     LocalMedia(tone_hz=440, playback=False))
     sig = engine.signaling
     sig.server_info = p.ServerInfo(version="x", ping_interval=1, resume_grace=1, host_user="ann")
-    sig.users = {u: p.UserInfo(user_id=u, display_name=u, status=status) for u in ("ann", "ben", "dan")}
+    status = {"ann": "online", "aaron": "reconnecting", "ben": "in_call", "dan": "online"}
+    sig.users = {u: p.UserInfo(user_id=u, display_name=u, status=st) for u, st in status.items()}
     lan.engine = engine
-    assert lan._host_turn() == 1  # ben, then cat; ann hosted the server that was lost
+    assert lan._host_turn() == 1  # ben, then cat: ann hosted the server that was lost, aaron was gone already
     engine.media.close()

@@ -288,9 +288,10 @@ async def test_server_stop_closes_with_going_away():
 async def test_health_endpoint(server):
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    head = await asyncio.wait_for(reader.read(200), 2)
+    head = await asyncio.wait_for(reader.read(400), 2)
     writer.close()
     assert head.startswith(b"HTTP/1.1 200")
+    assert f"\r\nCallbox-Server-Id: {server.hub.config.server_id}\r\n".encode() in head
 
 
 async def test_a_peer_that_stops_reading_is_dropped_not_buffered_without_end():
