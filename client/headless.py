@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import signal
@@ -11,8 +12,10 @@ import time
 
 from .core import events as ev
 from .core.engine import CallSession, Engine, EngineConfig
+from .core.identity import Identity, Pins
 from .core.lan import Lan
 from .core.media import LocalMedia
+from .core.settings import Profile
 
 log = logging.getLogger("callbox.headless")
 
@@ -69,6 +72,8 @@ class EventPrinter:
             self._presence(e.users)
         elif isinstance(e, ev.CallChanged):
             self.print("call", call_id=e.call_id, peer=e.peer, state=e.state, reason=e.reason)
+        elif isinstance(e, ev.KeyChanged):
+            self.print("key_changed", user_id=e.user_id, pinned=e.pinned, seen=e.seen)
         elif isinstance(e, ev.Hosting):
             if e.url is not None:
                 self.print("hosting", server=e.url)
@@ -109,6 +114,8 @@ def call_report(s: CallSession) -> dict:
                   "counter_first": r.counters[0] if r.counters else None,
                   "counter_last": r.counters[-1] if r.counters else None},
         "peer_connections": s.attempts,
+        "verified": bool(s.verified),  # the peer signed its media fingerprints with its pinned key
+        "safety_code": s.safety_code,
         "end_reason": s.call.reason if not s.call.live else None,
     }
 
@@ -118,14 +125,17 @@ async def run(args) -> int:
     synthetic = args.tone is not None
     media = LocalMedia(tone_hz=args.tone, pattern=args.video and synthetic, playback=not synthetic)
     name = args.display_name or args.user
-    lan = Lan(configured=args.server or "", user_id=args.user, display_name=name, port=args.host_port)
+    profile = Profile(args.profile)
+    lan = Lan(configured=args.server or "", user_id=args.user, display_name=name, port=args.host_port,
+              data_dir=profile.data_dir)
     printer = None
     if args.events:
         printer = EventPrinter(None, lan)
         lan.subscribe(printer.on_event)
     url = await lan.choose()
     engine = Engine(EngineConfig(server=url, user_id=args.user, display_name=name,
-                                 token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media)
+                                 token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media,
+                    identity=Identity.load(profile.identity_path), pins=Pins(profile.pins_path))
     lan.attach(engine)  # first: it learns which server it is on before the printer reports it
     if printer is not None:
         printer.engine = engine
@@ -176,8 +186,10 @@ async def run(args) -> int:
         calls = [call_report(s) for s in engine.finished]
         if args.report:
             with open(args.report, "w") as f:
-                json.dump({"user": args.user, "connects": engine.signaling.connects,
-                           "devices": media.problems, "calls": calls}, f, indent=2)
+                json.dump({"user": args.user, "identity": engine.identity.fingerprint,
+                           "connects": engine.signaling.connects, "devices": media.problems,
+                           "key_warnings": [dataclasses.asdict(w) for w in engine.key_warnings.values()],
+                           "calls": calls}, f, indent=2)
     if ended_for_good.is_set():
         return 1
     judged = [c for c in calls if c["call_id"] in mine]

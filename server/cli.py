@@ -7,11 +7,14 @@ import asyncio
 import logging
 import signal
 import socket
+import sqlite3
 import ssl
 import sys
+from pathlib import Path
 
 from shared import __version__
 
+from .bindings import SqliteBindings, default_data_dir
 from .hub import HubConfig
 from .transport import SignalingServer
 
@@ -52,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "hosted inside an app (listen with --host 0.0.0.0 for other machines to reach it)")
     ap.add_argument("--name", metavar="NAME", help="the name it is advertised under (default: Callbox server on "
                                                    "HOSTNAME)")
+    ap.add_argument("--data-dir", type=Path, metavar="DIR",
+                    help=f"where to keep which identity key owns which user id (default {default_data_dir()})")
+    ap.add_argument("--forget", metavar="USER", help="release USER's binding to its identity key, so that another "
+                                                     "key may claim it, and exit (the server may be running)")
     ap.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     ap.add_argument("--version", action="version", version=f"callbox-server {__version__}")
     return ap
@@ -76,7 +83,15 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
         burst=max(2 * args.rate_limit, 1),
     )
     return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
-                           ssl_context=context, compression=args.deflate)
+                           ssl_context=context, compression=args.deflate, bindings=open_bindings(args.data_dir))
+
+
+def open_bindings(data_dir: Path | None) -> SqliteBindings:
+    directory = data_dir or default_data_dir()
+    try:
+        return SqliteBindings(directory)
+    except (OSError, sqlite3.Error) as exc:
+        raise SystemExit(f"callbox-server: cannot keep user ids' keys in {directory}: {exc}") from None
 
 
 async def run(server: SignalingServer, *, advertise: str | None = None) -> None:
@@ -108,6 +123,13 @@ async def run(server: SignalingServer, *, advertise: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.forget:
+        bindings = open_bindings(args.data_dir)
+        released = bindings.forget(args.forget)
+        bindings.close()
+        print(f"callbox-server: {args.forget!r} " + ("is released: the next key to prove it owns it" if released
+                                                     else f"is not bound to any key in {bindings.path}"))
+        return 0 if released else 1
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))

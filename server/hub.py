@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from shared import __version__
 from shared import protocol as p
 from shared.calls import Call, Event, IllegalTransition, State
+from shared.identity import hello_payload, verify
+from shared.names import display_name, skeleton
+
+from .bindings import Bindings
 
 log = logging.getLogger("callbox.hub")
 
@@ -79,6 +83,7 @@ class _ConnState:
     closing: bool = False
     refused: int = 0  # messages refused by the rate limit in the current flood
     last_refused: float = 0.0
+    nonce: str = ""  # what a hello proof on this connection signs (sent in the handshake's Callbox-Nonce)
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Session:
     status: str = "online"  # the status last announced
     overflowed: bool = False  # more than queue_limit messages came while it was away
     received: int = 0  # frames received from the client since hello, reported when it resumes
+    key: str | None = None  # the identity key it proved, if any
 
 
 @dataclass
@@ -110,9 +116,11 @@ class _Claim:
 
 
 class Hub:
-    def __init__(self, config: HubConfig | None = None, *, wall: Callable[[], float] = time.time):
+    def __init__(self, config: HubConfig | None = None, *, wall: Callable[[], float] = time.time,
+                 bindings: Bindings | None = None):
         self.config = config or HubConfig()
         self.wall = wall
+        self.bindings = bindings if bindings is not None else Bindings()
         self.conns: dict[Conn, _ConnState] = {}
         self.sessions: dict[str, Session] = {}
         self.calls: dict[str, Call] = {}
@@ -122,12 +130,13 @@ class Hub:
         self.in_call: dict[str, Call] = {}  # user -> its established call
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
+        self._skeletons: dict[str, str] = {}  # the skeleton of each id with a session -> that id (shared.names)
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
 
-    def open(self, conn: Conn, now: float) -> list[Action]:
-        self.conns[conn] = _ConnState(tokens=self.config.burst, last=now)
+    def open(self, conn: Conn, now: float, nonce: str = "") -> list[Action]:
+        self.conns[conn] = _ConnState(tokens=self.config.burst, last=now, nonce=nonce or secrets.token_urlsafe(18))
         return []
 
     def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
@@ -266,6 +275,19 @@ class Hub:
             self._error(conn, p.AUTH_FAILED, why, "hello")
             self._close(conn, CLOSE_POLICY, "authentication failed")
             return
+        proven = self._proven_key(conn, msg)
+        if proven is False:
+            return
+        bound = self.bindings.key_of(msg.user_id)
+        if bound is None and (like := self._looks_like(msg.user_id)) is not None:
+            self._error(conn, p.LOOKALIKE_ID, f"'{msg.user_id}' looks like '{like}', which someone else uses here; "
+                        "choose a user id that does not", "hello")
+            return
+        if bound is not None and proven != bound:
+            self._error(conn, p.KEY_MISMATCH, f"'{msg.user_id}' belongs to another identity key on this server; "
+                        "choose another user id, or ask its operator to release this one "
+                        f"(callbox-server --forget {msg.user_id})", "hello")
+            return
         old = self.sessions.get(msg.user_id)
         owner = (  # the resume token proves this is the session's own client
             old is not None
@@ -277,15 +299,20 @@ class Hub:
         resuming = owner and not (old.overflowed or got > old.sent or (
             got < old.sent and (not old.recent or old.recent[0][0] > got + 1)))
         if old is not None and not resuming:
-            if old.conn is not None and not owner:
+            # Its key proves the owner too: one back from a restart replaces a connection not yet seen dead.
+            if old.conn is not None and not owner and not (bound is not None and proven == bound):
                 self._error(conn, p.NAME_TAKEN, f"'{msg.user_id}' is already online; choose another user id", "hello")
                 return
             if old.conn is not None:  # its own client, back too late to resume: the old connection gives way
                 self._close(old.conn, CLOSE_REPLACED, "replaced by a newer connection")
             # A stale session gives way to a fresh login (its calls end: a message for them would be missing).
             self._drop_session(old, now)
+        if proven and bound is None:
+            self.bindings.bind(msg.user_id, proven)
+            log.info("user id %s is now bound to key %s", msg.user_id, proven)
         cs = self.conns[conn]
         cs.user = msg.user_id
+        name = display_name(msg.display_name, msg.user_id)  # no bidi overrides, control or invisible-only names
         if resuming:
             s = old
             if s.conn is not None:
@@ -293,13 +320,14 @@ class Hub:
                 self.conns[replaced].user = None
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
             s.conn, s.deadline, s.missed = conn, None, 0
-            if msg.display_name != s.display_name:
-                s.display_name = msg.display_name
+            if name != s.display_name:
+                s.display_name = name
                 s.status = ""  # announce the new name with the status
         else:
-            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn,
-                        recent=deque(maxlen=cfg.queue_limit))
+            s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn,
+                        recent=deque(maxlen=cfg.queue_limit), key=proven or None)
             self.sessions[s.user_id] = s
+            self._skeletons[skeleton(s.user_id)] = s.user_id
             s.status = ""
         self._out.append(Send(conn, p.ConnectionEstablished(
             user_id=s.user_id,
@@ -320,10 +348,33 @@ class Hub:
         self._restore_calls(s, msg.calls, now)
         self._refresh(s)
 
+    def _looks_like(self, user_id: str) -> str | None:
+        """A user id in use here, bound to a key or in a session, that looks like `user_id` but is not it."""
+        if (like := self.bindings.bound_like(user_id)) is not None:
+            return like
+        like = self._skeletons.get(skeleton(user_id))
+        return like if like != user_id else None
+
+    def _proven_key(self, conn: Conn, msg: p.Hello) -> str | None | bool:
+        """The key this hello proves (None: it claims none), or False once refused (an error is queued)."""
+        if msg.key is None:
+            return None
+        nonce = self.conns[conn].nonce
+        if msg.proof is None:
+            self._error(conn, p.PROOF_REQUIRED, "sign this connection's nonce (in ref) with your key", nonce)
+            return False
+        if not verify(msg.key, msg.proof, hello_payload(nonce, msg.user_id)):
+            self._error(conn, p.BAD_PROOF, "the proof does not verify: sign this connection's nonce and your "
+                        "user id with the key you send", "hello")
+            self._close(conn, CLOSE_POLICY, "bad proof")
+            return False
+        return msg.key
+
     def _drop_session(self, s: Session, now: float) -> None:
         """The user is gone for good: end its calls, leave its channels, announce it offline."""
         self.deadlines_changed = True
         del self.sessions[s.user_id]
+        self._skeletons.pop(skeleton(s.user_id), None)
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
             peer = call.peer_of(s.user_id)
@@ -519,13 +570,13 @@ class Hub:
             self._announce(s, status)
 
     def _announce(self, s: Session, status: str) -> None:
-        msg = p.Presence(user_id=s.user_id, display_name=s.display_name, status=status).encode()
+        msg = p.Presence(user_id=s.user_id, display_name=s.display_name, status=status, key=s.key).encode()
         conns = tuple(o.conn for o in self.sessions.values() if o.conn is not None and o is not s)
         if conns:
             self._out.append(Broadcast(conns, msg))
 
     def _info(self, s: Session) -> p.UserInfo:
-        return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s))
+        return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s), key=s.key)
 
     # ---------------------------------------------------------------- output
 

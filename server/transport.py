@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
+import weakref
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -13,8 +15,9 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from shared import __version__
-from shared.protocol import MAX_MESSAGE_BYTES
+from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 
+from .bindings import Bindings
 from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
 
 log = logging.getLogger("callbox.server")
@@ -26,7 +29,6 @@ READ_LIMIT = 16 * MAX_MESSAGE_BYTES
 # it resumes like any dropped client and gets what it missed from the replay buffer.
 WRITE_LIMIT = 1 << 20
 CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the TCP connection is dropped
-SERVER_ID_HEADER = "Callbox-Server-Id"
 
 
 class SignalingServer:
@@ -41,10 +43,11 @@ class SignalingServer:
         ping_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         compression: bool = False,
+        bindings: Bindings | None = None,
     ):
         self.host = host
         self.requested_port = port
-        self.hub = Hub(config or HubConfig())
+        self.hub = Hub(config or HubConfig(), bindings=bindings)
         self.ping_timeout = ping_timeout
         self.ssl_context = ssl_context
         self.compression = compression
@@ -53,6 +56,8 @@ class SignalingServer:
         self._timer_at: float | None = None
         self._closing: set[asyncio.Task] = set()
         self._dropped: dict[ServerConnection, str] = {}  # connections we aborted, and why
+        # Sent in the handshake, until the hub has it (weak: a handshake may fail after its response).
+        self._nonces: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -67,6 +72,7 @@ class SignalingServer:
             compression="deflate" if self.compression else None,
             close_timeout=CLOSE_TIMEOUT,
             process_request=self._health,
+            process_response=self._give_nonce,
             server_header=f"callbox/{__version__}",
         )
         log.info("callbox-server %s listening on %s", __version__, self.url)
@@ -81,6 +87,7 @@ class SignalingServer:
         await self._server.wait_closed()
         await asyncio.gather(*self._closing, return_exceptions=True)
         self._server = None
+        self.hub.bindings.close()
         log.info("callbox-server stopped")
 
     async def __aenter__(self) -> SignalingServer:
@@ -118,7 +125,7 @@ class SignalingServer:
         loop = asyncio.get_running_loop()
         peer = _addr(ws)
         log.info("connect %s", peer)
-        self._apply(self.hub.open(ws, loop.time()))
+        self._apply(self.hub.open(ws, loop.time(), self._nonces.pop(ws, "")))
         keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None
         try:
             async for raw in ws:
@@ -194,6 +201,11 @@ class SignalingServer:
             response.headers[SERVER_ID_HEADER] = self.hub.config.server_id
             return response
         return None
+
+    def _give_nonce(self, connection: ServerConnection, request: Request, response: Response) -> Response:
+        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+            self._nonces[connection] = response.headers[NONCE_HEADER] = secrets.token_urlsafe(18)
+        return response
 
     # ------------------------------------------------------------ deadlines
 

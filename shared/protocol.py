@@ -25,6 +25,10 @@ MAX_CANDIDATE = 1024
 MAX_SERVER_ID = 64
 MAX_URL = 2048
 
+# HTTP headers of the transport (docs/protocol.md section 1).
+SERVER_ID_HEADER = "Callbox-Server-Id"  # in the answer to GET /health: which server this is
+NONCE_HEADER = "Callbox-Nonce"  # in the WebSocket handshake's response: what this connection's hello proof signs
+
 USER_STATUSES = ("online", "in_call", "reconnecting", "offline")
 MEDIA_KINDS = ("audio", "video")
 
@@ -40,8 +44,13 @@ BUSY = "busy"
 RATE_LIMITED = "rate_limited"
 INVALID_STATE = "invalid_state"
 UNSUPPORTED_PROTOCOL = "unsupported_protocol"
+PROOF_REQUIRED = "proof_required"  # hello has a key but no proof: `ref` is the nonce to sign
+BAD_PROOF = "bad_proof"
+KEY_MISMATCH = "key_mismatch"  # the user id belongs to another key on this server
+LOOKALIKE_ID = "lookalike_id"  # the user id looks like one that someone else uses on this server
 
 _IDENT = re.compile(r"[\w.@+\-]+")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class ProtocolError(ValueError):
@@ -247,11 +256,28 @@ SERVER_ID = ident(MAX_SERVER_ID)
 SERVER_KINDS = ("dedicated", "embedded")
 
 
+def b64url(length: int) -> Checker:
+    """Exactly `length` characters of unpadded base64url: an identity key (43) or a signature (86)."""
+
+    def check(name: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise _fail(name, f"must be a string, not {_json_kind(value)}")
+        if len(value) != length or not _B64URL.fullmatch(value):
+            raise _fail(name, f"must be {length} characters of unpadded base64url")
+        return value
+
+    return check
+
+
 def server_url(name: str, value: Any) -> str:
     text(MAX_URL)(name, value)
     if not value.startswith(("ws://", "wss://")):
         raise _fail(name, "must start with ws:// or wss://")
     return value
+
+
+KEY = b64url(43)  # an Ed25519 public key: 32 bytes
+SIGNATURE = b64url(86)  # an Ed25519 signature: 64 bytes
 
 
 # -- nested objects --
@@ -262,6 +288,7 @@ class UserInfo(Message):
     user_id: str = spec(USER_ID)
     display_name: str = spec(DISPLAY_NAME)
     status: str = spec(one_of(*USER_STATUSES))
+    key: str | None = spec(nullable(KEY), default=None)  # the identity key it proved in hello, if any
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,6 +329,9 @@ class Hello(Message):
     # When resuming: how many messages (other than presence and connection_established) the client received
     # in this session; the server replays those it sent after that.
     received: int | None = spec(nullable(integer(0, 2**53)), default=None)
+    # The client's identity key, and its signature over the connection's nonce and user_id (see shared.identity).
+    key: str | None = spec(nullable(KEY), default=None)
+    proof: str | None = spec(nullable(SIGNATURE), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,6 +353,7 @@ class Presence(Message):
     user_id: str = spec(USER_ID)
     display_name: str = spec(DISPLAY_NAME)
     status: str = spec(one_of(*USER_STATUSES))
+    key: str | None = spec(nullable(KEY), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,12 +425,15 @@ class CallEnded(Relayed):
 class WebrtcOffer(Relayed):
     type: ClassVar[str] = "webrtc_offer"
     sdp: str = spec(text(MAX_SDP))
+    # The sender's identity key's signature over the call, the sender and the SDP's DTLS fingerprints.
+    signature: str | None = spec(nullable(SIGNATURE), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WebrtcAnswer(Relayed):
     type: ClassVar[str] = "webrtc_answer"
     sdp: str = spec(text(MAX_SDP))
+    signature: str | None = spec(nullable(SIGNATURE), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

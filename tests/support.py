@@ -17,8 +17,9 @@ FAST = dict(ping_interval=100 * MS, resume_grace=500 * MS, ring_timeout=1000 * M
 
 
 @contextlib.asynccontextmanager
-async def running_server(ping_timeout: float = 100 * MS, **config: Any):
-    server = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **config}), ping_timeout=ping_timeout)
+async def running_server(ping_timeout: float = 100 * MS, bindings=None, **config: Any):
+    server = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **config}), ping_timeout=ping_timeout,
+                             bindings=bindings)
     await server.start()
     try:
         yield server

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 from shared import protocol as p
 from shared.calls import Call, Event, IllegalTransition, State, glare_winner
+from shared.identity import dtls_payload, fingerprint, safety_code, verify
+from shared.names import display_name
 
 from . import events as ev
+from .identity import Identity, Pins
 from .media import LocalMedia
 from .peer import PeerSession, Received
 from .signaling import ConnState, SignalingClient
@@ -55,14 +58,21 @@ class CallSession:
     pc_failed: bool = False
     times: list[tuple[str, float]] = field(default_factory=list)  # (state, wall time)
     echo: object | None = None  # the local echo peer of a sound and video check; no server involved
+    verified: bool | None = None  # the peer's SDP was signed by its pinned key (False: it has no key)
+    safety_code: str | None = None  # the same six digits on both sides (shared.identity.safety_code)
+    local_sdp: str | None = None
 
 
 class Engine:
     """Everything a calling app does that is not a window. Listeners get events from client.core.events."""
 
-    def __init__(self, config: EngineConfig, media: LocalMedia):
+    def __init__(self, config: EngineConfig, media: LocalMedia, *, identity: Identity | None = None,
+                 pins: Pins | None = None):
         self.config = config
         self.media = media
+        self.identity = identity
+        self.pins = pins if pins is not None else Pins(None)
+        self.key_warnings: dict[str, ev.KeyChanged] = {}  # user -> the latest mismatch, while it lasts
         media.on_problem = lambda kind, why: self._emit(ev.DeviceProblem(kind, why))
         self.sessions: dict[str, CallSession] = {}
         self.finished: list[CallSession] = []
@@ -73,7 +83,7 @@ class Engine:
         self.signaling = SignalingClient(
             config.server, config.user_id, config.display_name, token=config.token,
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
-            first_retry=config.first_retry, max_retry=config.max_retry,
+            first_retry=config.first_retry, max_retry=config.max_retry, identity=identity,
         )
 
     # ------------------------------------------------------------ lifecycle and listeners
@@ -260,8 +270,10 @@ class Engine:
                 for s in list(self.sessions.values()):
                     if s.call.state is State.RINGING:  # a fresh session: the server forgot ringing calls
                         self._apply(s, Event.DISCONNECT, "peer_disconnected")
+            self._check_keys(msg.users)
             self._emit(ev.UsersChanged(tuple(self.users)))
         elif isinstance(msg, p.Presence):
+            self._check_keys([msg])
             self._emit(ev.UsersChanged(tuple(self.users)))
         elif isinstance(msg, p.CallIncoming):
             self._incoming(msg)
@@ -279,12 +291,27 @@ class Engine:
         elif isinstance(msg, p.Redirect):
             self._emit(ev.Redirected(msg.url, msg.server_id))
 
+    def _check_keys(self, users) -> None:
+        """Pin each contact's key the first time it is seen; warn when one shows up with another."""
+        for u in users:
+            if u.key is None or getattr(u, "status", "") == "offline":
+                continue
+            pinned = self.pins.check(u.user_id, u.key)
+            if pinned is None:
+                self.key_warnings.pop(u.user_id, None)
+            elif u.user_id not in self.key_warnings or self.key_warnings[u.user_id].seen != fingerprint(u.key):
+                warning = ev.KeyChanged(u.user_id, u.display_name, fingerprint(pinned), fingerprint(u.key))
+                self.key_warnings[u.user_id] = warning
+                log.warning("%s (%s) has another identity key than the one pinned: %s, pinned %s",
+                            u.user_id, u.display_name, warning.seen, warning.pinned)
+                self._emit(warning)
+
     def _incoming(self, msg: p.CallIncoming) -> None:
         me, peer = self.config.user_id, msg.sender
         mine = next((s for s in self.sessions.values()
                      if s.direction == "outgoing" and s.call.state is State.RINGING and s.call.callee == peer), None)
-        s = CallSession(Call(msg.call_id, peer, me, msg.media), "incoming", msg.display_name or self._name_of(peer),
-                        want=())
+        name = display_name(msg.display_name, peer) if msg.display_name else self._name_of(peer)
+        s = CallSession(Call(msg.call_id, peer, me, msg.media), "incoming", name, want=())
         if mine is not None:  # glare: we called each other at once; both keep the call whose id sorts first
             if glare_winner(mine.call.call_id, msg.call_id) == mine.call.call_id:
                 self._glare_losers.add(msg.call_id)
@@ -313,9 +340,9 @@ class Engine:
             event = Event.HANGUP if s.call.established else Event.CANCEL
             self._apply(s, event, msg.reason)
         elif isinstance(msg, p.WebrtcOffer):
-            self._spawn(self._on_offer(s, msg.sdp))
+            self._spawn(self._on_offer(s, msg))
         elif isinstance(msg, p.WebrtcAnswer):
-            self._spawn(self._on_answer(s, msg.sdp))
+            self._spawn(self._on_answer(s, msg))
         elif isinstance(msg, p.WebrtcIceCandidate):
             self._spawn(self._on_candidate(s, msg))
 
@@ -354,25 +381,68 @@ class Engine:
             old, s.pc = s.pc, self._new_pc(s)
             if old is not None:
                 await old.close()
-            sdp = await s.pc.offer()
+            sdp = s.local_sdp = await s.pc.offer()
             if s.call.live:
-                self.signaling.send(p.WebrtcOffer(to=s.call.callee, call_id=s.call.call_id, sdp=sdp))
+                self.signaling.send(p.WebrtcOffer(to=s.call.callee, call_id=s.call.call_id, sdp=sdp,
+                                                  signature=self._sign(s, sdp)))
 
-    async def _on_offer(self, s: CallSession, sdp: str) -> None:
+    async def _on_offer(self, s: CallSession, msg: p.WebrtcOffer) -> None:
         async with s.lock:
-            if not s.call.established:
+            if not s.call.established or not self._verify(s, msg):
                 return
             old, s.pc = s.pc, self._new_pc(s)  # a repeated offer means the caller is repairing the call
             if old is not None:
                 await old.close()
-            answer = await s.pc.answer(sdp)
+            answer = s.local_sdp = await s.pc.answer(msg.sdp)
+            self._secured(s, msg.sdp)
             if s.call.live:
-                self.signaling.send(p.WebrtcAnswer(to=s.call.caller, call_id=s.call.call_id, sdp=answer))
+                self.signaling.send(p.WebrtcAnswer(to=s.call.caller, call_id=s.call.call_id, sdp=answer,
+                                                   signature=self._sign(s, answer)))
 
-    async def _on_answer(self, s: CallSession, sdp: str) -> None:
+    async def _on_answer(self, s: CallSession, msg: p.WebrtcAnswer) -> None:
         async with s.lock:
-            if s.pc is not None and s.call.live:
-                await s.pc.accept_answer(sdp)
+            if s.pc is not None and s.call.live and self._verify(s, msg):
+                await s.pc.accept_answer(msg.sdp)
+                self._secured(s, msg.sdp)
+
+    # ------------------------------------------------------------ nobody in the middle
+
+    def _sign(self, s: CallSession, sdp: str) -> str | None:
+        """Our signature over the DTLS fingerprints we offer, so that the peer can tell them from a swapped set."""
+        if self.identity is None:
+            return None
+        return self.identity.sign(dtls_payload(s.call.call_id, self.config.user_id, sdp))
+
+    def _peer_key(self, s: CallSession) -> str | None:
+        """The key the peer must have signed with: the one pinned for it, else the one the server shows."""
+        peer = s.call.peer_of(self.config.user_id)
+        info = self.signaling.users.get(peer)
+        return self.pins.keys.get(peer) or (info.key if info is not None else None)
+
+    def _verify(self, s: CallSession, msg: p.WebrtcOffer | p.WebrtcAnswer) -> bool:
+        """Whether the peer's SDP may be used: signed by its key, or it has none (an older client: unverified).
+        A bad or missing signature from a peer that has a key ends the call before any media flows."""
+        key = self._peer_key(s)
+        if key is None:
+            s.verified = False
+            return True
+        peer = s.call.peer_of(self.config.user_id)
+        if msg.signature is not None and verify(key, msg.signature, dtls_payload(s.call.call_id, peer, msg.sdp)):
+            s.verified = True
+            return True
+        log.warning("call %s: %s's %s is not signed by its key: someone may be in the middle; ending the call",
+                    s.call.call_id, peer, msg.type)
+        if self._apply(s, Event.FAIL, "identity_mismatch"):
+            self.signaling.send(p.CallEnded(to=peer, call_id=s.call.call_id, reason="identity_mismatch"))
+        return False
+
+    def _secured(self, s: CallSession, remote_sdp: str) -> None:
+        key = self._peer_key(s)
+        if self.identity is None or key is None or s.local_sdp is None:
+            s.safety_code = None
+        else:
+            s.safety_code = safety_code(self.identity.key, s.local_sdp, key, remote_sdp)
+        self._emit(ev.CallSecurity(s.call.call_id, bool(s.verified), s.safety_code))
 
     async def _on_candidate(self, s: CallSession, msg: p.WebrtcIceCandidate) -> None:
         async with s.lock:

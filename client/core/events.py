@@ -84,10 +84,29 @@ class Hosting:
 
 
 @dataclass(frozen=True)
+class KeyChanged:
+    """A contact's identity key is not the one pinned for them: another device, a reinstall, or an impostor."""
+
+    user_id: str
+    display_name: str
+    pinned: str  # the fingerprint first seen
+    seen: str  # the fingerprint now
+
+
+@dataclass(frozen=True)
+class CallSecurity:
+    """What is known of who is at the other end of a call's media, after each (re)negotiation."""
+
+    call_id: str
+    verified: bool  # the peer signed its DTLS fingerprints with its pinned key
+    safety_code: str | None  # six digits, the same on both sides; None when the peer has no key
+
+
+@dataclass(frozen=True)
 class RemoteVideo:
     call_id: str
     frame: object  # av.VideoFrame
 
 
 Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | ChannelText
-         | Redirected | Moving | Hosting | RemoteVideo)
+         | Redirected | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo)

@@ -8,12 +8,14 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from server import HubConfig, SignalingServer
+from server.bindings import SqliteBindings
 from server.discovery import Advertiser, FoundServer, LanView, rank, server_facts
-from server.transport import SERVER_ID_HEADER
 from shared import __version__
+from shared.protocol import SERVER_ID_HEADER
 
 from . import events as ev
 from .signaling import ConnState
@@ -54,8 +56,10 @@ class Lan:
     """
 
     def __init__(self, *, configured: str, user_id: str, display_name: str, port: int = 8765,
-                 host: str = "0.0.0.0", discover: bool = True, interfaces=None, find_timeout: float = FIND_TIMEOUT):
+                 host: str = "0.0.0.0", discover: bool = True, interfaces=None, find_timeout: float = FIND_TIMEOUT,
+                 data_dir: Path | None = None):
         self.configured = configured
+        self.data_dir = data_dir  # where a server hosted here keeps who owns which user id (None: in memory)
         self.user_id, self.display_name = user_id, display_name
         self.port, self.host, self.interfaces = port, host, interfaces
         self.find_timeout = find_timeout
@@ -272,7 +276,7 @@ class Lan:
 
     async def _host(self) -> None:
         config = HubConfig(kind="embedded", host_user=self.user_id)
-        server = await start_embedded(self.host, self.port, config)
+        server = await start_embedded(self.host, self.port, config, self.data_dir)
         self.server = server
         name = f"Callbox ({self.display_name})"
         if self.view is not None:
@@ -324,10 +328,11 @@ async def server_id_at(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
     return ""  # something answers, but it does not say which server it is (an older Callbox, or not one)
 
 
-async def start_embedded(host: str, port: int, config: HubConfig) -> SignalingServer:
+async def start_embedded(host: str, port: int, config: HubConfig, data_dir: Path | None = None) -> SignalingServer:
     """Start the embedded server on the preferred port, or on any free one if that is taken."""
     for attempt in (port, 0):
-        server = SignalingServer(host, attempt, config=config)
+        server = SignalingServer(host, attempt, config=config,
+                                 bindings=SqliteBindings(data_dir) if data_dir is not None else None)
         try:
             await server.start()
         except OSError as exc:

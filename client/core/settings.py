@@ -59,7 +59,8 @@ def _base(kind: str) -> Path:
 
 
 class Profile:
-    """One identity: its settings file, window state file and data folder (call history)."""
+    """One identity: its settings, window state, key and pinned keys files, and its data folder (call history,
+    and the bindings of the server it hosts)."""
 
     def __init__(self, name: str = "default", *, root: Path | None = None):
         if not re.fullmatch(r"[\w.-]{1,64}", name):
@@ -75,6 +76,14 @@ class Profile:
     @property
     def window_state_path(self) -> Path:
         return self.config_dir / "window.json"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.config_dir / "identity.key"
+
+    @property
+    def pins_path(self) -> Path:
+        return self.config_dir / "pins.json"
 
     @property
     def history_path(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -19,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from shared import protocol as p
+from shared.names import display_name
 
 log = logging.getLogger("callbox.signaling")
 
@@ -39,7 +41,7 @@ class OutboxFull(Exception):
 
 
 # Errors from the server that retrying cannot fix.
-FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL}
+FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL, p.KEY_MISMATCH, p.BAD_PROOF}
 
 
 def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
@@ -98,8 +100,10 @@ class SignalingClient:
         max_retry: float = 5.0,
         ping_interval: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
+        identity=None,
     ):
         self.url = url
+        self.identity = identity  # client.core.identity.Identity: proves the user id in hello
         self.user_id = user_id
         self.display_name = display_name
         self.token = token
@@ -243,11 +247,19 @@ class SignalingClient:
             await asyncio.sleep(delay)
 
     async def _login(self, ws: ClientConnection) -> bool:
+        nonce = ws.response.headers.get(p.NONCE_HEADER) if ws.response is not None else None
         hello = p.Hello(protocol=p.PROTOCOL_VERSION, user_id=self.user_id, display_name=self.display_name,
                         token=self.token, resume_token=self.resume_token, calls=tuple(self.active_calls()),
-                        received=self._received if self.resume_token else None)
+                        received=self._received if self.resume_token else None,
+                        key=self.identity.key if self.identity else None,
+                        proof=self.identity.prove(nonce, self.user_id) if self.identity and nonce else None)
         await ws.send(hello.encode())
         reply = p.decode(await asyncio.wait_for(ws.recv(), 10))
+        if isinstance(reply, p.Error) and reply.code == p.PROOF_REQUIRED and self.identity and reply.ref:
+            # The handshake's nonce did not reach us (a proxy dropped the header): sign the one in the error.
+            hello = dataclasses.replace(hello, proof=self.identity.prove(reply.ref, self.user_id))
+            await ws.send(hello.encode())
+            reply = p.decode(await asyncio.wait_for(ws.recv(), 10))
         if isinstance(reply, p.Error):
             if reply.code in FATAL:
                 self._set_state(ConnState.OFFLINE, reply.message)
@@ -258,7 +270,8 @@ class SignalingClient:
             raise InvalidHandshake(f"expected connection_established, got {reply.type}")
         self.resume_token = reply.resume_token
         self.server_info = reply.server
-        self.users = {u.user_id: u for u in reply.users}
+        self.users = {u.user_id: dataclasses.replace(u, display_name=display_name(u.display_name, u.user_id))
+                      for u in reply.users}
         self.connects += 1
         if reply.resumed:
             # Frames the socket took but the server never got (they were on the wire when it broke) go again,
@@ -321,5 +334,5 @@ class SignalingClient:
         if msg.status == "offline":
             self.users.pop(msg.user_id, None)
         else:
-            self.users[msg.user_id] = p.UserInfo(user_id=msg.user_id, display_name=msg.display_name,
-                                                 status=msg.status)
+            self.users[msg.user_id] = p.UserInfo(user_id=msg.user_id, status=msg.status, key=msg.key,
+                                                 display_name=display_name(msg.display_name, msg.user_id))

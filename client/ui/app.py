@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QApplication, QDialog
 
 from client.core.engine import Engine, EngineConfig
 from client.core.history import History, recorder
+from client.core.identity import Identity, Pins
 from client.core.lan import Lan
 from client.core.media import LocalMedia
 from client.core.ringtone import Ringtone
@@ -81,10 +82,12 @@ class App:
         self.window.set_connection("connecting", "looking for a Callbox server on the network…"
                                    if not s.server else "")
         self.lan = Lan(configured=s.server, user_id=s.user_id, display_name=s.display_name, port=s.host_port,
-                       host=self.host, discover=self.discover, interfaces=self.interfaces)
+                       host=self.host, discover=self.discover, interfaces=self.interfaces,
+                       data_dir=self.profile.data_dir)
         url = await self.lan.choose()
         engine = Engine(EngineConfig(server=url, user_id=s.user_id, display_name=s.display_name,
-                                     token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s))
+                                     token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s),
+                        identity=Identity.load(self.profile.identity_path), pins=Pins(self.profile.pins_path))
         engine.subscribe(recorder(self.history))
         self.bridge = EngineBridge(engine, self.window)
         self.lan.subscribe(self.bridge.on_event)
@@ -190,13 +193,14 @@ def has_screen() -> bool:
 
 async def _serve_only() -> int:
     """No screen: keep the LAN's embedded server running so others can call through it."""
-    from server.cli import run
+    from server.cli import open_bindings, run
     from server.transport import SignalingServer
 
     print("callbox: no screen found (DISPLAY is not set), so no window can open. Serving the LAN instead: "
           "a Callbox server, advertised so that every app on the network uses it; stop it with Ctrl+C. Use "
           "`callbox --headless` to call from a terminal.", file=sys.stderr)
-    await run(SignalingServer("0.0.0.0", 8765), advertise=f"Callbox server on {socket.gethostname()}")
+    await run(SignalingServer("0.0.0.0", 8765, bindings=open_bindings(None)),
+              advertise=f"Callbox server on {socket.gethostname()}")
     return 0
 
 

@@ -24,6 +24,8 @@ class EngineBridge(QObject):
     serverError = Signal(str, str, str)  # code, message, ref
     remoteVideo = Signal(str, QImage)  # call_id, frame
     moving = Signal(str, str, str)  # url, name, why: the app is moving to another server
+    keyChanged = Signal(object)  # events.KeyChanged
+    callSecurity = Signal(str, bool, str)  # call_id, verified, safety code ("" when none)
 
     def __init__(self, engine, parent=None):
         super().__init__(parent)
@@ -54,6 +56,10 @@ class EngineBridge(QObject):
             self.serverError.emit(e.code, e.message, e.ref or "")
         elif isinstance(e, ev.Moving):
             self.moving.emit(e.url, e.name, e.why)
+        elif isinstance(e, ev.KeyChanged):
+            self.keyChanged.emit(e)
+        elif isinstance(e, ev.CallSecurity):
+            self.callSecurity.emit(e.call_id, e.verified, e.safety_code or "")
 
     def _emit_video(self) -> None:
         latest, self._latest = self._latest, {}

@@ -67,10 +67,12 @@ class CallPage(QWidget):
         self.status = QLabel(objectName="callStatus")
         self.quality = QLabel(objectName="callQuality")
         self.quality.setToolTip("Call quality appears once media flows")
+        self.security = QLabel(objectName="callSecurity")
         header = QHBoxLayout()
         header.addWidget(self.name)
         header.addWidget(self.status)
         header.addStretch()
+        header.addWidget(self.security)
         header.addWidget(self.quality)
 
         self.remote = VideoView("Waiting for video…")
@@ -180,6 +182,8 @@ class CallPage(QWidget):
         self.hang.setText("Cancel" if direction == "outgoing" else "Hang up")
         self.remote.clear("Waiting for video…" if "video" in media else "Audio call")
         self.quality.setText("")
+        self.security.setText("")
+        self.security.setToolTip("")
         self.mute.setChecked(self.engine.media.muted)
         self.cam.setEnabled("video" in media)
         self.cam.setChecked(not self.engine.media.camera_on)
@@ -189,6 +193,20 @@ class CallPage(QWidget):
         self.stats_timer.start()
         if "video" in media:
             self._start_preview()
+
+    def on_security(self, call_id: str, verified: bool, code: str) -> None:
+        """Who is at the other end of the media: the safety code to read out, or why there is none."""
+        if call_id != self.call_id:
+            return
+        if verified and code:
+            self.security.setText(f"Verified · safety code {code}")
+            self.security.setToolTip(f"{self.peer_name}'s app signed this call with the key you know for them.\n"
+                                     "Read the code to each other: the same digits on both sides mean nobody sits "
+                                     "between you.")
+        else:
+            self.security.setText("Not verified")
+            self.security.setToolTip(f"{self.peer_name}'s app has no identity key (an older version), so this call "
+                                     "cannot be checked for someone in the middle.")
 
     def on_call_changed(self, e) -> None:
         if e.call_id != self.call_id:

@@ -16,6 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from shared.identity import fingerprint
+
 from .resources import icon
 
 STATUS = {"online": ("#2e9d4f", "Online"), "in_call": ("#d9a400", "In a call"),
@@ -50,11 +52,13 @@ class ContactRow(QWidget):
 
     call = Signal(str, bool)  # user_id, video
 
-    def __init__(self, user, connected: bool = True, parent=None):
+    def __init__(self, user, connected: bool = True, key_warning=None, parent=None):
         super().__init__(parent)
         self.user_id = user.user_id
         color, text = STATUS.get(user.status, ("#8a8a8a", user.status))
         self.name = QLabel(user.display_name)
+        key = f"Key fingerprint: {fingerprint(user.key)}" if user.key else "No identity key: an older client"
+        self.name.setToolTip(f"{user.display_name} ({user.user_id})\n{key}")
         self.status = QLabel()
         self.audio = QPushButton(icon("phone"), "")
         self.audio.setAccessibleName(f"Call {user.display_name}")
@@ -76,7 +80,17 @@ class ContactRow(QWidget):
                 b.setToolTip(NOT_CONNECTED)
         for b in (self.audio, self.video):
             b.setEnabled(connected and user.status == "online")
+        if key_warning is not None:
+            self.status.setText(self.status.text() + " <span style='color:#d93636'>⚠ key changed</span>")
+            self.status.setToolTip(key_changed_text(key_warning))
         lay_out_row(self, self.name, self.status, self.audio, self.video)
+
+
+def key_changed_text(w) -> str:
+    """What a changed key means, for a person: an events.KeyChanged."""
+    return (f"{w.display_name} ({w.user_id}) has a different identity key than when you first saw them:\n"
+            f"first {w.pinned}, now {w.seen}.\nA new computer or a reinstall does this; so would someone "
+            "else using their name. Ask them before you trust it.")
 
 
 class ContactsPage(QWidget):
@@ -103,6 +117,7 @@ class ContactsPage(QWidget):
         self.rows: dict[str, ContactRow] = {}
         self.users: list = []
         self.connected = False
+        self.key_warnings: dict = {}  # user_id -> events.KeyChanged, from the engine
         self.set_users([])
 
     def set_connected(self, connected: bool) -> None:
@@ -119,7 +134,7 @@ class ContactsPage(QWidget):
             item = QListWidgetItem(self.list)
             item.setData(Qt.ItemDataRole.UserRole, user.user_id)
             item.setData(Qt.ItemDataRole.DisplayRole + 100, user.display_name.lower())
-            row = ContactRow(user, self.connected)
+            row = ContactRow(user, self.connected, self.key_warnings.get(user.user_id))
             row.call.connect(self.call)
             item.setSizeHint(row.sizeHint())
             self.list.setItemWidget(item, row)

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from .call_view import CallPage
-from .contacts import ContactsPage
+from .contacts import ContactsPage, key_changed_text
 from .history_view import HistoryPage
 from .resources import app_icon, icon
 
@@ -212,6 +212,8 @@ class MainWindow(QMainWindow):
         bridge.deviceProblem.connect(self.on_device_problem)
         bridge.serverError.connect(self.on_server_error)
         bridge.moving.connect(self.on_moving)
+        bridge.keyChanged.connect(self.on_key_changed)
+        bridge.callSecurity.connect(self.call_page.on_security)
         self._show_connection()
 
     # ------------------------------------------------------------ what the user sees
@@ -224,6 +226,11 @@ class MainWindow(QMainWindow):
         self.contacts.set_connected(online)
         self.history_page.set_connected(online)
         self._show_connection()
+
+    def on_key_changed(self, warning) -> None:
+        self.contacts.key_warnings[warning.user_id] = warning
+        self.contacts.set_users(self.contacts.users)
+        self.show_info(f"Warning: {key_changed_text(warning)}")
 
     def on_moving(self, url: str, name: str, why: str) -> None:
         self.moving = (name or url, why)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from client.core import events as ev
 from client.core.engine import Engine, EngineConfig
+from client.core.identity import Identity, Pins
 from client.core.media import LocalMedia
 
 
@@ -46,10 +47,15 @@ class Probe:
         await self.until(lambda: state in self.states(call_id), timeout)
 
 
-async def start_engine(url: str, user: str, *, tone: float = 440, video: bool = False, **config) -> Probe:
+async def start_engine(url: str, user: str, *, tone: float = 440, video: bool = False,
+                       identity: Identity | None = None, keyless: bool = False, pins: Pins | None = None,
+                       **config) -> Probe:
+    """An engine with synthetic media and an identity key of its own (a new one unless given; none if keyless,
+    as an older client has)."""
     media = LocalMedia(tone_hz=tone, pattern=video, playback=False)
     engine = Engine(EngineConfig(server=url, user_id=user, display_name=user.title(), first_retry=0.1,
-                                 max_retry=0.5, analyze_video=video, **config), media)
+                                 max_retry=0.5, analyze_video=video, **config), media,
+                    identity=None if keyless else identity or Identity.generate(), pins=pins)
     probe = Probe(engine)
     engine.subscribe(probe.events.append)
     await engine.start()

@@ -9,12 +9,12 @@ import sys
 from tests.support import running_server
 
 
-async def headless(url, user, *args, report=None):
+async def headless(url, user, *args, report=None, env=None):
     cmd = [sys.executable, "-m", "client", "--headless", "--server", url, "--user", user, *args]
     if report:
         cmd += ["--report", str(report)]
     return await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+                                                stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})})
 
 
 async def finish(proc, timeout=40):

@@ -69,11 +69,15 @@ json_values = st.recursive(
     max_leaves=20,
 )
 typed = st.fixed_dictionaries({"type": st.sampled_from(sorted(p.REGISTRY))},
-                              optional={k: json_values for k in ("to", "call_id", "user_id", "display_name",
-                                                                 "protocol", "media", "sdp", "channel", "text")})
+                              optional={k: json_values | st.from_regex(r"\A[A-Za-z0-9_-]{40,90}\Z")
+                                        for k in ("to", "call_id", "user_id", "display_name", "protocol", "media",
+                                                  "sdp", "channel", "text", "key", "proof", "signature", "url",
+                                                  "server_id")})
+# Frames that look like ours at a glance: a type, then anything.
+framed = st.from_regex(r'\A\{"type":"(hello|webrtc_offer|redirect|presence)"[^\n]{0,120}\Z', fullmatch=True)
 
 
-@given(st.one_of(json_values.map(json.dumps), typed.map(json.dumps), st.text(max_size=200),
+@given(st.one_of(json_values.map(json.dumps), typed.map(json.dumps), framed, st.text(max_size=200),
                  st.binary(max_size=50)))
 def test_decoder_raises_only_protocol_errors(raw):
     try:

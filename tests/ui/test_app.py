@@ -35,6 +35,8 @@ def test_video_call_from_click_to_history(qtbot, qloop, tmp_path):
                     await until(lambda view=view, first=first: counter(view.image) > first + 5, 5, "counter")
                     assert w.stack.currentWidget() is w.call_page and w.call_page.name.text() in ("Alice", "Bob")
                 await until(lambda: ":" in aw.call_page.status.text(), 3, "the call timer")
+                codes = [w.call_page.security.text() for w in (aw, bw)]
+                assert codes[0].startswith("Verified · safety code ") and codes[0] == codes[1], codes
                 await asyncio.sleep(1.1)
                 shot(aw, "in_call")
                 qtbot.mouseClick(aw.call_page.hang, Qt.MouseButton.LeftButton)
