@@ -194,6 +194,13 @@ class Engine:
             if s.echo is None:
                 self.signaling.send(p.CallEnded(to=peer, call_id=call_id, reason="hangup"))
 
+    def trust_key(self, user_id: str) -> None:
+        """The user checked with this contact that its new key is theirs: pin it, and the warning goes."""
+        info = self.signaling.users.get(user_id)
+        if info is not None and info.key is not None and self.key_warnings.pop(user_id, None) is not None:
+            self.pins.accept(user_id, info.key)
+            self._emit(ev.UsersChanged(tuple(self.users)))
+
     def set_muted(self, muted: bool) -> None:
         self.media.set_muted(muted)
 

@@ -36,6 +36,9 @@ END_MESSAGES = {
     "peer_disconnected": "{name} lost the connection; the call ended.",
     "ice_failed": "The media connection to {name} could not be repaired; the call ended.",
     "glare": "You and {name} called each other; one call went through.",
+    "identity_mismatch": "The call to {name} was stopped before it connected: it was not signed by the key you "
+                         "know for {name}, so someone may be in the middle. If {name} has a new computer, check "
+                         "with them and trust their new key on their contact row.",
 }
 
 

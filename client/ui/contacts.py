@@ -51,6 +51,7 @@ class ContactRow(QWidget):
     """One person: name, status and call buttons; while not connected, greyed with the last known status."""
 
     call = Signal(str, bool)  # user_id, video
+    trust = Signal(str)  # user_id: the user accepts this contact's new key
 
     def __init__(self, user, connected: bool = True, key_warning=None, parent=None):
         super().__init__(parent)
@@ -81,8 +82,10 @@ class ContactRow(QWidget):
         for b in (self.audio, self.video):
             b.setEnabled(connected and user.status == "online")
         if key_warning is not None:
-            self.status.setText(self.status.text() + " <span style='color:#d93636'>⚠ key changed</span>")
+            self.status.setText(self.status.text() + " <span style='color:#d93636'>⚠ key changed</span> "
+                                "<a href='trust'>trust the new key</a>")
             self.status.setToolTip(key_changed_text(key_warning))
+            self.status.linkActivated.connect(lambda _link: self.trust.emit(self.user_id))
         lay_out_row(self, self.name, self.status, self.audio, self.video)
 
 
@@ -95,6 +98,7 @@ def key_changed_text(w) -> str:
 
 class ContactsPage(QWidget):
     call = Signal(str, bool)
+    trust = Signal(str)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -136,6 +140,7 @@ class ContactsPage(QWidget):
             item.setData(Qt.ItemDataRole.DisplayRole + 100, user.display_name.lower())
             row = ContactRow(user, self.connected, self.key_warnings.get(user.user_id))
             row.call.connect(self.call)
+            row.trust.connect(self.trust)
             item.setSizeHint(row.sizeHint())
             self.list.setItemWidget(item, row)
             self.rows[user.user_id] = row

@@ -136,6 +136,7 @@ class MainWindow(QMainWindow):
 
         self.contacts = ContactsPage()
         self.contacts.call.connect(self.on_call)
+        self.contacts.trust.connect(self.on_trust)
         self.history_page = HistoryPage(history)
         self.history_page.call.connect(self.on_call)
         self.tabs = QTabWidget()
@@ -231,6 +232,12 @@ class MainWindow(QMainWindow):
         self.contacts.key_warnings[warning.user_id] = warning
         self.contacts.set_users(self.contacts.users)
         self.show_info(f"Warning: {key_changed_text(warning)}")
+
+    def on_trust(self, user_id: str) -> None:
+        self.contacts.key_warnings.pop(user_id, None)
+        if self.engine is not None:
+            self.engine.trust_key(user_id)
+        self.contacts.set_users(self.contacts.users)
 
     def on_moving(self, url: str, name: str, why: str) -> None:
         self.moving = (name or url, why)

@@ -32,6 +32,9 @@ def test_a_contacts_fingerprint_on_hover_and_a_warning_when_their_key_changed(qt
                     bob.window.info.text()
                 assert "key changed" not in alice.window.contacts.rows["bob"].status.text()
                 shot(bob.window, "key_changed")
+                row.status.linkActivated.emit("trust")  # the user checked with Alice and trusts her new key
+                await until(lambda: "key changed" not in bob.window.contacts.rows["alice"].status.text(), 2)
+                assert bob.engine.pins.keys["alice"] == alice.engine.identity.key and not bob.engine.key_warnings
             finally:
                 await alice.shutdown()
                 await bob.shutdown()
