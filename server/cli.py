@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ring-timeout", type=_positive(float), default=45.0, metavar="S",
                     help="seconds an unanswered call rings (default 45)")
     ap.add_argument("--rate-limit", type=_positive(float), default=100.0, metavar="N",
-                    help="messages a second one connection may send (default 100)")
+                    help="messages a second one connection may send, in bursts of twice that (default 100; "
+                         "0: no limit)")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
     ap.add_argument("--advertise", action="store_true",
                     help="announce the server on the LAN over mDNS, so that apps find it and prefer it to a server "

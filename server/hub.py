@@ -14,6 +14,8 @@ from shared import __version__
 from shared import protocol as p
 from shared.calls import Call, Event, IllegalTransition, State
 
+from .ratelimit import TokenBucket
+
 log = logging.getLogger("callbox.hub")
 
 Conn = Hashable  # whatever the transport uses to name a connection
@@ -59,7 +61,7 @@ class HubConfig:
     ring_timeout: float = 45.0
     ping_interval: float = 10.0
     queue_limit: int = 1000  # messages kept per user for replay on resume (and so held while it reconnects)
-    rate: float = 100.0  # messages per second a connection may send, sustained
+    rate: float = 100.0  # messages per second a connection may send, sustained (0: no limit)
     burst: float = 200.0  # ... and in one burst
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
     channels_per_user: int = 50
@@ -73,8 +75,7 @@ class HubConfig:
 
 @dataclass
 class _ConnState:
-    tokens: float
-    last: float
+    bucket: TokenBucket
     user: str | None = None
     closing: bool = False
     refused: int = 0  # messages refused by the rate limit in the current flood
@@ -127,7 +128,7 @@ class Hub:
     # ---------------------------------------------------------------- events in
 
     def open(self, conn: Conn, now: float) -> list[Action]:
-        self.conns[conn] = _ConnState(tokens=self.config.burst, last=now)
+        self.conns[conn] = _ConnState(TokenBucket(self.config.rate, self.config.burst, now))
         return []
 
     def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
@@ -587,10 +588,7 @@ class Hub:
 
     def _rate_limited(self, conn: Conn, cs: _ConnState, now: float) -> bool:
         cfg = self.config
-        cs.tokens = min(cfg.burst, cs.tokens + (now - cs.last) * cfg.rate)
-        cs.last = now
-        if cs.tokens >= 1:
-            cs.tokens -= 1
+        if cs.bucket.take(now):
             if cs.refused and now - cs.last_refused > 5.0:
                 cs.refused = 0  # the flood is over
             return False
