@@ -47,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rate-limit", type=_positive(float), default=100.0, metavar="N",
                     help="messages a second one connection may send, in bursts of twice that (default 100; "
                          "0: no limit)")
+    ap.add_argument("--hello-timeout", type=_positive(float), default=10.0, metavar="S",
+                    help="seconds a new connection has to log in before it is closed (default 10; 0: no limit)")
+    ap.add_argument("--max-unauthenticated", type=_positive(int), default=256, metavar="N",
+                    help="connections that have not logged in yet, at most, over the whole server; more are "
+                         "refused with HTTP 503 (default 256; 0: no limit)")
+    ap.add_argument("--max-unauthenticated-per-ip", type=_positive(int), default=32, metavar="N",
+                    help="the same from one address (default 32; 0: no limit)")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
     ap.add_argument("--advertise", action="store_true",
                     help="announce the server on the LAN over mDNS, so that apps find it and prefer it to a server "
@@ -75,6 +82,9 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
         ping_interval=args.ping_interval,
         rate=args.rate_limit,
         burst=max(2 * args.rate_limit, 1),
+        hello_timeout=args.hello_timeout,
+        max_unauthenticated=args.max_unauthenticated,
+        max_unauthenticated_per_ip=args.max_unauthenticated_per_ip,
     )
     return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
                            ssl_context=context, compression=args.deflate)

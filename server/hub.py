@@ -65,6 +65,10 @@ class HubConfig:
     burst: float = 200.0  # ... and in one burst
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
     channels_per_user: int = 50
+    # Before login (a successful hello): how long a connection may take, and how many may wait at once.
+    hello_timeout: float = 10.0  # seconds (0: no limit)
+    max_unauthenticated: int = 256  # connections not logged in, over the whole server (0: no limit)
+    max_unauthenticated_per_ip: int = 32  # ... and from one address (0: no limit)
     version: str = __version__
     # What this server is, for choosing among several on a LAN (sent in ServerInfo and the mDNS TXT record).
     server_id: str = field(default_factory=lambda: secrets.token_hex(6))
@@ -160,6 +164,16 @@ class Hub:
                 self._close(conn, CLOSE_POLICY, "not authenticated")
             return self._take()
         self._dispatch(cs.user, conn, msg, now)
+        return self._take()
+
+    def hello_due(self, conn: Conn, now: float) -> list[Action]:
+        """The hello timeout of this connection has passed: close it unless it logged in."""
+        cs = self.conns.get(conn)
+        if cs is None or cs.closing or cs.user is not None:
+            return []
+        self._out = []
+        self._error(conn, p.NOT_AUTHENTICATED, f"no hello within {self.config.hello_timeout:g} s")
+        self._close(conn, CLOSE_POLICY, "no hello in time")
         return self._take()
 
     def close(self, conn: Conn, now: float) -> list[Action]:

@@ -150,5 +150,5 @@ async def test_many_bad_clients_at_once_leave_a_call_alone(bystanders):
         await p.send(["{", "[]", '{"type":"x"}', "x" * 70000][i % 4])
         p.cut()
 
-    await asyncio.gather(*(misbehave(i) for i in range(40)))
+    await asyncio.gather(*(misbehave(i) for i in range(30)))  # under the 32 waiting to log in from one address
     await assert_untouched(server, alice, bob)

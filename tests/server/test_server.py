@@ -27,7 +27,7 @@ async def test_users_see_each_other(server):
 
 
 async def test_two_hundred_simultaneous_connections():
-    async with running_server(ping_interval=5, rate=1000, burst=1000) as srv:
+    async with running_server(ping_interval=5, rate=1000, burst=1000, max_unauthenticated_per_ip=200) as srv:
         peers = await asyncio.gather(*(Peer.connect(srv.url, f"u{i}") for i in range(200)))
         assert all(p.welcome["type"] == "connection_established" for p in peers)
         assert [p.welcome["user_id"] for p in peers] == [f"u{i}" for i in range(200)]
