@@ -61,6 +61,8 @@ class HubConfig:
     ring_timeout: float = 45.0
     ping_interval: float = 10.0
     queue_limit: int = 1000  # messages kept per user for replay on resume (and so held while it reconnects)
+    replay_bytes: int = 1 << 20  # ... and their size at most, per user
+    replay_total: int = 256 << 20  # ... and over all users together
     rate: float = 100.0  # messages per second a connection may send, sustained (0: no limit)
     burst: float = 200.0  # ... and in one burst
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
@@ -82,6 +84,7 @@ class _ConnState:
     bucket: TokenBucket
     user: str | None = None
     closing: bool = False
+    congested: bool = False  # the transport says much is left unread: channel messages are held back
     refused: int = 0  # messages refused by the rate limit in the current flood
     last_refused: float = 0.0
 
@@ -97,7 +100,10 @@ class Session:
     # queue_limit of them): while it reconnects, and for replay of what a dead socket swallowed.
     sent: int = 0
     recent: deque[tuple[int, str]] = field(default_factory=deque)
+    recent_bytes: int = 0  # what `recent` holds, counted as in _cost
     missed: int = 0  # messages recorded while it had no connection
+    missed_bytes: int = 0
+    gaps: dict[str, int] = field(default_factory=dict)  # channel -> messages it was not sent (channel_gap)
     channels: set[str] = field(default_factory=set)
     status: str = "online"  # the status last announced
     overflowed: bool = False  # more than queue_limit messages came while it was away
@@ -127,6 +133,7 @@ class Hub:
         self.in_call: dict[str, Call] = {}  # user -> its established call
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
+        self.replay_used = 0  # what every session's replay buffer holds together, counted as in _cost
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
@@ -174,6 +181,24 @@ class Hub:
         self._out = []
         self._error(conn, p.NOT_AUTHENTICATED, f"no hello within {self.config.hello_timeout:g} s")
         self._close(conn, CLOSE_POLICY, "no hello in time")
+        return self._take()
+
+    def congested(self, conn: Conn) -> None:
+        """Much is left unread on this connection: hold back channel messages for it (they become a gap)."""
+        cs = self.conns.get(conn)
+        if cs is not None:
+            cs.congested = True
+
+    def drained(self, conn: Conn, now: float) -> list[Action]:
+        """The connection's unread backlog is small again: tell its user what it missed in its channels."""
+        cs = self.conns.get(conn)
+        self._out = []
+        if cs is None or not cs.congested:
+            return []
+        cs.congested = False
+        s = self.sessions.get(cs.user) if cs.user is not None else None
+        if s is not None and s.conn == conn:
+            self._flush_gaps(s)
         return self._take()
 
     def close(self, conn: Conn, now: float) -> list[Action]:
@@ -261,6 +286,7 @@ class Hub:
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
+        assert self.replay_used == sum(s.recent_bytes for s in self.sessions.values()), "replay bytes miscounted"
         for ch, members in self.channels.items():
             assert members, f"empty channel {ch} kept"
             for u in members:
@@ -307,13 +333,12 @@ class Hub:
                 replaced = s.conn
                 self.conns[replaced].user = None
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
-            s.conn, s.deadline, s.missed = conn, None, 0
+            s.conn, s.deadline, s.missed, s.missed_bytes = conn, None, 0, 0
             if msg.display_name != s.display_name:
                 s.display_name = msg.display_name
                 s.status = ""  # announce the new name with the status
         else:
-            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn,
-                        recent=deque(maxlen=cfg.queue_limit))
+            s = Session(msg.user_id, msg.display_name, secrets.token_urlsafe(24), conn)
             self.sessions[s.user_id] = s
             s.status = ""
         self._out.append(Send(conn, p.ConnectionEstablished(
@@ -330,6 +355,7 @@ class Hub:
         for seq, text in s.recent:
             if seq > got:
                 self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
+        self._flush_gaps(s)
         if self.redirect is not None and not resuming:
             self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
         self._restore_calls(s, msg.calls, now)
@@ -339,6 +365,7 @@ class Hub:
         """The user is gone for good: end its calls, leave its channels, announce it offline."""
         self.deadlines_changed = True
         del self.sessions[s.user_id]
+        self._free_replay(s)
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
             peer = call.peer_of(s.user_id)
@@ -393,7 +420,7 @@ class Hub:
                 self._error(conn, p.BAD_MESSAGE, f"join channel '{msg.channel}' before sending to it", msg.channel)
                 return
             out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
-            self._to_users(members, out)
+            self._to_users(members, out, gap=msg.channel)
         elif isinstance(msg, p.Hello):
             self._error(conn, p.BAD_MESSAGE, "hello was already received on this connection", "hello")
         elif isinstance(msg, p.Bye):
@@ -545,17 +572,58 @@ class Hub:
     # ---------------------------------------------------------------- output
 
     def _record(self, s: Session, text: str) -> None:
-        """Number and keep a message for a user, for its replay on resume."""
+        """Number and keep a message for a user, for its replay on resume. The buffer keeps the newest
+        queue_limit messages and replay_bytes bytes, and all buffers together replay_total bytes: past
+        that the oldest go, and if one of them is still needed (the user was away when it came) the session
+        can no longer resume, and ends."""
         s.sent += 1
+        if s.overflowed:
+            return  # ending: nothing will be replayed
+        cost = _cost(text)
         s.recent.append((s.sent, text))
+        s.recent_bytes += cost
+        self.replay_used += cost
         if s.conn is None:
             s.missed += 1
-            if s.missed > self.config.queue_limit and not s.overflowed:
-                log.warning("more than %d messages for %s while it is away; ending its session",
-                            self.config.queue_limit, s.user_id)
-                s.overflowed = True  # it can no longer resume: a message would be missing
-                s.deadline = float("-inf")  # the next expire() takes it offline
-                self.deadlines_changed = True
+            s.missed_bytes += cost
+        cfg = self.config
+        while len(s.recent) > 1 and (len(s.recent) > cfg.queue_limit or s.recent_bytes > cfg.replay_bytes
+                                     or self.replay_used > cfg.replay_total):
+            seq, old = s.recent[0]
+            if s.conn is None and seq > s.sent - s.missed:
+                self._overflow(s)
+                return
+            s.recent.popleft()
+            s.recent_bytes -= _cost(old)
+            self.replay_used -= _cost(old)
+
+    def _overflow(self, s: Session) -> None:
+        log.warning("more for %s than its replay buffer holds (%d messages, %d bytes) while it is away; "
+                    "ending its session", s.user_id, s.missed, s.missed_bytes)
+        s.overflowed = True  # it can no longer resume: a message would be missing
+        s.deadline = float("-inf")  # the next expire() takes it offline
+        self.deadlines_changed = True
+        self._free_replay(s)
+
+    def _free_replay(self, s: Session) -> None:
+        self.replay_used -= s.recent_bytes
+        s.recent.clear()
+        s.recent_bytes = 0
+
+    def _shed(self, s: Session) -> bool:
+        """Whether a channel message for this user is held back (counted as a gap, not sent nor kept): its
+        connection has much left unread, or it is away and half its replay buffer is used. So call
+        signaling, never held back, always has room."""
+        if s.conn is not None:
+            return self.conns[s.conn].congested
+        cfg = self.config
+        return s.missed >= cfg.queue_limit // 2 or s.missed_bytes >= cfg.replay_bytes // 2
+
+    def _flush_gaps(self, s: Session) -> None:
+        gaps, s.gaps = s.gaps, {}
+        for channel, missed in gaps.items():
+            if channel in s.channels:
+                self._to_user(s.user_id, p.ChannelGap(channel=channel, missed=missed))
 
     def _to_user(self, user: str, msg: p.Message) -> None:
         """Deliver to a user now, or keep it until the user is back."""
@@ -567,11 +635,16 @@ class Hub:
         if s.conn is not None:
             self._out.append(Send(s.conn, text))
 
-    def _to_users(self, users: Iterable[str], msg: p.Message) -> None:
+    def _to_users(self, users: Iterable[str], msg: p.Message, *, gap: str | None = None) -> None:
+        """The same message to several users; with `gap` (a channel), held back from those who cannot take
+        it now, who are later told how many they missed there."""
         text = msg.encode()
         conns = []
         for u in users:
             s = self.sessions[u]
+            if gap is not None and self._shed(s):
+                s.gaps[gap] = s.gaps.get(gap, 0) + 1
+                continue
             self._record(s, text)
             if s.conn is not None:
                 conns.append(s.conn)
@@ -621,6 +694,11 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def _cost(text: str) -> int:
+    """What a kept message counts for in the replay limits: its length plus the bookkeeping around it."""
+    return len(text) + 100
 
 
 def _too_big(raw: str | bytes) -> bool:

@@ -29,6 +29,9 @@ WRITE_LIMIT = 1 << 20
 # Until a hello succeeds a connection gets only small frames through, and may leave only a little unread:
 # a hello is small, and so is what the server says before login (an error; the welcome counts as after).
 PRE_LOGIN_READ_LIMIT = 8 * 1024
+# Past this much unread, channel messages are held back from a connection (its user later gets channel_gap);
+# call signaling still goes out. Below the low mark again, it gets them again.
+CONGESTED_HIGH, CONGESTED_LOW = 256 * 1024, 64 * 1024
 PRE_LOGIN_WRITE_LIMIT = 64 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the TCP connection is dropped
 SERVER_ID_HEADER = "Callbox-Server-Id"
@@ -55,6 +58,14 @@ class _Connection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.owner._disconnected(self)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.owner.hub.congested(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.owner._drained(self)
 
     def send_data(self) -> None:
         if self.transport.is_closing():
@@ -121,6 +132,7 @@ class SignalingServer:
             server_header=f"callbox/{__version__}",
             create_connection=lambda *args, **kwargs: _Connection(self, *args, **kwargs),
             backlog=ACCEPT_BACKLOG,
+            write_limit=(CONGESTED_HIGH, CONGESTED_LOW),
         )
         log.info("callbox-server %s listening on %s", __version__, self.url)
 
@@ -267,6 +279,10 @@ class SignalingServer:
         self._hello_timers.pop(ws).cancel()
         self.admission.logged_in(ws)
         ws.logged_in()
+
+    def _drained(self, ws: ServerConnection) -> None:
+        if not ws.transport.is_closing():
+            self._apply(self.hub.drained(ws, asyncio.get_running_loop().time()))
 
     def _hello_due(self, ws: ServerConnection) -> None:
         self._hello_timers.pop(ws, None)
