@@ -14,7 +14,7 @@ from shared import __version__
 from shared import protocol as p
 from shared.calls import Call, Event, IllegalTransition, State
 
-from .ratelimit import TokenBucket
+from .ratelimit import LoginBackoff, TokenBucket
 
 log = logging.getLogger("callbox.hub")
 
@@ -82,6 +82,7 @@ class HubConfig:
 @dataclass
 class _ConnState:
     bucket: TokenBucket
+    addr: str | None = None  # the peer's address, for throttling failed logins
     user: str | None = None
     closing: bool = False
     congested: bool = False  # the transport says much is left unread: channel messages are held back
@@ -133,13 +134,14 @@ class Hub:
         self.in_call: dict[str, Call] = {}  # user -> its established call
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
+        self.backoff = LoginBackoff()  # failed logins per address
         self.replay_used = 0  # what every session's replay buffer holds together, counted as in _cost
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
 
-    def open(self, conn: Conn, now: float) -> list[Action]:
-        self.conns[conn] = _ConnState(TokenBucket(self.config.rate, self.config.burst, now))
+    def open(self, conn: Conn, now: float, addr: str | None = None) -> list[Action]:
+        self.conns[conn] = _ConnState(TokenBucket(self.config.rate, self.config.burst, now), addr)
         return []
 
     def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
@@ -302,8 +304,15 @@ class Hub:
                         f"protocol {msg.protocol} is not supported; this server speaks {p.PROTOCOL_VERSION}", "hello")
             self._close(conn, CLOSE_PROTOCOL, "unsupported protocol")
             return
+        addr = self.conns[conn].addr
+        if cfg.token is not None and (wait := self.backoff.blocked(addr, now)):
+            self._error(conn, p.AUTH_FAILED, f"too many failed logins from your address; try again in {wait:.1f} s",
+                        "hello")
+            self._close(conn, CLOSE_POLICY, "authentication throttled")
+            return
         if cfg.token is not None and not hmac.compare_digest((msg.token or "").encode(), cfg.token.encode()):
             why = "the token is wrong" if msg.token else "this server needs a token"
+            self.backoff.failed(addr, now)
             self._error(conn, p.AUTH_FAILED, why, "hello")
             self._close(conn, CLOSE_POLICY, "authentication failed")
             return

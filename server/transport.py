@@ -90,6 +90,7 @@ class SignalingServer:
         ssl_context: ssl.SSLContext | None = None,
         compression: bool = False,
         max_connections: int | None = None,
+        allow_origins: Iterable[str] = (),
     ):
         self.host = host
         self.requested_port = port
@@ -104,6 +105,10 @@ class SignalingServer:
         self._dropped: dict[ServerConnection, str] = {}  # connections we aborted, and why
         # Open connections at most; None: as many as the open-file limit allows (see start()).
         self.max_connections = max_connections
+        # Web pages allowed to connect (their Origin header); "*" for any. Requests without Origin (native
+        # clients) are always allowed; any other Origin is refused with 403, so that a web page the user
+        # happens to open cannot talk to a local server.
+        self.allow_origins = tuple(allow_origins)
         self.admission: Admission | None = None
         self._hello_timers: dict[ServerConnection, asyncio.TimerHandle] = {}
         self._old_handler = None
@@ -130,6 +135,7 @@ class SignalingServer:
             close_timeout=CLOSE_TIMEOUT,
             process_request=self._process_request,
             server_header=f"callbox/{__version__}",
+            origins=None if "*" in self.allow_origins else [None, *self.allow_origins],
             create_connection=lambda *args, **kwargs: _Connection(self, *args, **kwargs),
             backlog=ACCEPT_BACKLOG,
             write_limit=(CONGESTED_HIGH, CONGESTED_LOW),
@@ -184,7 +190,8 @@ class SignalingServer:
         loop = asyncio.get_running_loop()
         peer = _addr(ws)
         log.info("connect %s", peer)
-        self._apply(self.hub.open(ws, loop.time()))
+        addr = ws.remote_address
+        self._apply(self.hub.open(ws, loop.time(), addr[0] if isinstance(addr, tuple) and addr else None))
         if self.hub.config.hello_timeout:
             self._hello_timers[ws] = loop.call_later(self.hub.config.hello_timeout, self._hello_due, ws)
         keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None

@@ -226,8 +226,10 @@ async def test_token_required():
         bad = await Peer.connect(srv.url, "alice", token="wrong")
         assert bad.welcome["code"] == "auth_failed"
         assert (await bad.closed())[0] == 1008
+        await asyncio.sleep(150 * MS)  # failed logins from one address are throttled: 100 ms after the first
         missing = await Peer.connect(srv.url, "alice")
         assert missing.welcome["code"] == "auth_failed" and "needs a token" in missing.welcome["message"]
+        await asyncio.sleep(250 * MS)  # ... 200 ms after the second
         good = await Peer.connect(srv.url, "alice", token="s3cret")
         assert good.welcome["type"] == "connection_established"
 
