@@ -31,10 +31,11 @@ def raise_fd_limit() -> int:
 
 
 async def start_callbox(compression: bool = False) -> tuple[int, object]:
-    """Start the Callbox server as an embedder would, rate limit out of the way; return (port, stop)."""
+    """Start the Callbox server as an embedder would, rate limit and login caps out of the way; return (port, stop)."""
     from server import HubConfig, SignalingServer
 
-    srv = SignalingServer(HOST, 0, config=HubConfig(rate=MANY, burst=MANY), compression=compression)
+    srv = SignalingServer(HOST, 0, config=HubConfig(rate=MANY, burst=MANY, max_unauthenticated=0,
+                                                  max_unauthenticated_per_ip=0), compression=compression)
     await srv.start()
     return srv.port, srv.stop
 

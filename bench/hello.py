@@ -36,7 +36,7 @@ def run(rounds: int, keyed: bool) -> float:
     started = time.process_time()
     for i, (nonce, hello) in enumerate(frames):
         conn = f"n{i}"
-        hub.open(conn, 0.0, nonce)
+        hub.open(conn, 0.0, nonce=nonce)
         if not any(isinstance(a, Send) and '"connection_established"' in a.text for a in hub.receive(conn, hello, 0.0)):
             raise RuntimeError(f"hello {i} did not log in")
         hub.receive(conn, bye, 0.0)

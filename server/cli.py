@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sqlite3
@@ -36,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="callbox-server", description="Callbox signaling server.")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for the LAN)")
     ap.add_argument("--port", type=_positive(int), default=8765, help="port; 0 picks a free one (default 8765)")
-    ap.add_argument("--token", help="shared secret every client must send in hello")
+    ap.add_argument("--token", help="shared secret every client must send in hello (visible to other local users "
+                                    "in the process list: prefer --token-file or CALLBOX_TOKEN)")
+    ap.add_argument("--token-file", metavar="PATH",
+                    help="read the token from this file (its first line, trailing whitespace removed)")
+    ap.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web page origin allowed to connect, e.g. https://app.example (repeatable; * for any). "
+                         "By default a request with an Origin header (from a browser) is refused with 403; "
+                         "native clients send none and are always allowed")
     ap.add_argument("--cert", help="TLS certificate (PEM) to serve wss://")
     ap.add_argument("--key", help="TLS private key (PEM) for --cert")
     ap.add_argument("--ping-interval", type=_positive(float), default=10.0, metavar="S",
@@ -48,7 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ring-timeout", type=_positive(float), default=45.0, metavar="S",
                     help="seconds an unanswered call rings (default 45)")
     ap.add_argument("--rate-limit", type=_positive(float), default=100.0, metavar="N",
-                    help="messages a second one connection may send (default 100)")
+                    help="messages a second one connection may send, in bursts of twice that (default 100; "
+                         "0: no limit)")
+    ap.add_argument("--hello-timeout", type=_positive(float), default=10.0, metavar="S",
+                    help="seconds a new connection has to log in before it is closed (default 10; 0: no limit)")
+    ap.add_argument("--max-unauthenticated", type=_positive(int), default=256, metavar="N",
+                    help="connections that have not logged in yet, at most, over the whole server; more are "
+                         "refused with HTTP 503 (default 256; 0: no limit)")
+    ap.add_argument("--max-unauthenticated-per-ip", type=_positive(int), default=32, metavar="N",
+                    help="the same from one address (default 32; 0: no limit)")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
     ap.add_argument("--advertise", action="store_true",
                     help="announce the server on the LAN over mDNS, so that apps find it and prefer it to a server "
@@ -64,7 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def read_token(args: argparse.Namespace, environ: dict[str, str] = os.environ) -> str | None:
+    """The token: --token or --token-file (not both), else CALLBOX_TOKEN (empty counts as unset), else none."""
+    if args.token is not None and args.token_file is not None:
+        raise SystemExit("callbox-server: give --token or --token-file, not both")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as f:
+                token = f.readline().rstrip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise SystemExit(f"callbox-server: cannot read the token file {args.token_file}: {why}") from None
+        if not token:
+            raise SystemExit(f"callbox-server: the token file {args.token_file} is empty")
+        return token
+    if args.token is not None:
+        if not args.token:
+            raise SystemExit("callbox-server: --token must not be empty")
+        return args.token
+    return environ.get("CALLBOX_TOKEN") or None
+
+
 def make_server(args: argparse.Namespace) -> SignalingServer:
+    token = read_token(args)
     context = None
     if args.cert or args.key:
         if not (args.cert and args.key):
@@ -75,15 +113,19 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
         except (OSError, ssl.SSLError) as exc:
             raise SystemExit(f"callbox-server: cannot load the certificate or key: {exc}") from None
     config = HubConfig(
-        token=args.token,
+        token=token,
         resume_grace=args.resume_grace,
         ring_timeout=args.ring_timeout,
         ping_interval=args.ping_interval,
         rate=args.rate_limit,
         burst=max(2 * args.rate_limit, 1),
+        hello_timeout=args.hello_timeout,
+        max_unauthenticated=args.max_unauthenticated,
+        max_unauthenticated_per_ip=args.max_unauthenticated_per_ip,
     )
     return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
-                           ssl_context=context, compression=args.deflate, bindings=open_bindings(args.data_dir))
+                           ssl_context=context, compression=args.deflate, allow_origins=args.allow_origin,
+                           bindings=open_bindings(args.data_dir))
 
 
 def open_bindings(data_dir: Path | None) -> SqliteBindings:

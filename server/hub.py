@@ -17,6 +17,7 @@ from shared.identity import hello_payload, verify
 from shared.names import display_name, skeleton
 
 from .bindings import Bindings
+from .ratelimit import LoginBackoff, TokenBucket
 
 log = logging.getLogger("callbox.hub")
 
@@ -63,10 +64,16 @@ class HubConfig:
     ring_timeout: float = 45.0
     ping_interval: float = 10.0
     queue_limit: int = 1000  # messages kept per user for replay on resume (and so held while it reconnects)
-    rate: float = 100.0  # messages per second a connection may send, sustained
+    replay_bytes: int = 1 << 20  # ... and their size at most, per user
+    replay_total: int = 256 << 20  # ... and over all users together
+    rate: float = 100.0  # messages per second a connection may send, sustained (0: no limit)
     burst: float = 200.0  # ... and in one burst
     flood_limit: int = 200  # messages refused in one flood before the connection is closed
     channels_per_user: int = 50
+    # Before login (a successful hello): how long a connection may take, and how many may wait at once.
+    hello_timeout: float = 10.0  # seconds (0: no limit)
+    max_unauthenticated: int = 256  # connections not logged in, over the whole server (0: no limit)
+    max_unauthenticated_per_ip: int = 32  # ... and from one address (0: no limit)
     version: str = __version__
     # What this server is, for choosing among several on a LAN (sent in ServerInfo and the mDNS TXT record).
     server_id: str = field(default_factory=lambda: secrets.token_hex(6))
@@ -77,10 +84,11 @@ class HubConfig:
 
 @dataclass
 class _ConnState:
-    tokens: float
-    last: float
+    bucket: TokenBucket
+    addr: str | None = None  # the peer's address, for throttling failed logins
     user: str | None = None
     closing: bool = False
+    congested: bool = False  # the transport says much is left unread: channel messages are held back
     refused: int = 0  # messages refused by the rate limit in the current flood
     last_refused: float = 0.0
     nonce: str = ""  # what a hello proof on this connection signs (sent in the handshake's Callbox-Nonce)
@@ -97,7 +105,10 @@ class Session:
     # queue_limit of them): while it reconnects, and for replay of what a dead socket swallowed.
     sent: int = 0
     recent: deque[tuple[int, str]] = field(default_factory=deque)
+    recent_bytes: int = 0  # what `recent` holds, counted as in _cost
     missed: int = 0  # messages recorded while it had no connection
+    missed_bytes: int = 0
+    gaps: dict[str, int] = field(default_factory=dict)  # channel -> messages it was not sent (channel_gap)
     channels: set[str] = field(default_factory=set)
     status: str = "online"  # the status last announced
     overflowed: bool = False  # more than queue_limit messages came while it was away
@@ -131,12 +142,15 @@ class Hub:
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
         self._skeletons: dict[str, str] = {}  # the skeleton of each id with a session -> that id (shared.names)
+        self.backoff = LoginBackoff()  # failed logins per address
+        self.replay_used = 0  # what every session's replay buffer holds together, counted as in _cost
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
 
-    def open(self, conn: Conn, now: float, nonce: str = "") -> list[Action]:
-        self.conns[conn] = _ConnState(tokens=self.config.burst, last=now, nonce=nonce or secrets.token_urlsafe(18))
+    def open(self, conn: Conn, now: float, addr: str | None = None, nonce: str = "") -> list[Action]:
+        self.conns[conn] = _ConnState(TokenBucket(self.config.rate, self.config.burst, now), addr,
+                                      nonce=nonce or secrets.token_urlsafe(18))
         return []
 
     def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
@@ -168,6 +182,34 @@ class Hub:
                 self._close(conn, CLOSE_POLICY, "not authenticated")
             return self._take()
         self._dispatch(cs.user, conn, msg, now)
+        return self._take()
+
+    def hello_due(self, conn: Conn, now: float) -> list[Action]:
+        """The hello timeout of this connection has passed: close it unless it logged in."""
+        cs = self.conns.get(conn)
+        if cs is None or cs.closing or cs.user is not None:
+            return []
+        self._out = []
+        self._error(conn, p.NOT_AUTHENTICATED, f"no hello within {self.config.hello_timeout:g} s")
+        self._close(conn, CLOSE_POLICY, "no hello in time")
+        return self._take()
+
+    def congested(self, conn: Conn) -> None:
+        """Much is left unread on this connection: hold back channel messages for it (they become a gap)."""
+        cs = self.conns.get(conn)
+        if cs is not None:
+            cs.congested = True
+
+    def drained(self, conn: Conn, now: float) -> list[Action]:
+        """The connection's unread backlog is small again: tell its user what it missed in its channels."""
+        cs = self.conns.get(conn)
+        self._out = []
+        if cs is None or not cs.congested:
+            return []
+        cs.congested = False
+        s = self.sessions.get(cs.user) if cs.user is not None else None
+        if s is not None and s.conn == conn:
+            self._flush_gaps(s)
         return self._take()
 
     def close(self, conn: Conn, now: float) -> list[Action]:
@@ -255,6 +297,7 @@ class Hub:
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
+        assert self.replay_used == sum(s.recent_bytes for s in self.sessions.values()), "replay bytes miscounted"
         for ch, members in self.channels.items():
             assert members, f"empty channel {ch} kept"
             for u in members:
@@ -270,8 +313,15 @@ class Hub:
                         f"protocol {msg.protocol} is not supported; this server speaks {p.PROTOCOL_VERSION}", "hello")
             self._close(conn, CLOSE_PROTOCOL, "unsupported protocol")
             return
+        addr = self.conns[conn].addr
+        if cfg.token is not None and (wait := self.backoff.blocked(addr, now)):
+            self._error(conn, p.AUTH_FAILED, f"too many failed logins from your address; try again in {wait:.1f} s",
+                        "hello")
+            self._close(conn, CLOSE_POLICY, "authentication throttled")
+            return
         if cfg.token is not None and not hmac.compare_digest((msg.token or "").encode(), cfg.token.encode()):
             why = "the token is wrong" if msg.token else "this server needs a token"
+            self.backoff.failed(addr, now)
             self._error(conn, p.AUTH_FAILED, why, "hello")
             self._close(conn, CLOSE_POLICY, "authentication failed")
             return
@@ -319,13 +369,12 @@ class Hub:
                 replaced = s.conn
                 self.conns[replaced].user = None
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
-            s.conn, s.deadline, s.missed = conn, None, 0
+            s.conn, s.deadline, s.missed, s.missed_bytes = conn, None, 0, 0
             if name != s.display_name:
                 s.display_name = name
                 s.status = ""  # announce the new name with the status
         else:
-            s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn,
-                        recent=deque(maxlen=cfg.queue_limit), key=proven or None)
+            s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn, key=proven or None)
             self.sessions[s.user_id] = s
             self._skeletons[skeleton(s.user_id)] = s.user_id
             s.status = ""
@@ -343,6 +392,7 @@ class Hub:
         for seq, text in s.recent:
             if seq > got:
                 self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
+        self._flush_gaps(s)
         if self.redirect is not None and not resuming:
             self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
         self._restore_calls(s, msg.calls, now)
@@ -375,6 +425,7 @@ class Hub:
         self.deadlines_changed = True
         del self.sessions[s.user_id]
         self._skeletons.pop(skeleton(s.user_id), None)
+        self._free_replay(s)
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
             peer = call.peer_of(s.user_id)
@@ -429,7 +480,7 @@ class Hub:
                 self._error(conn, p.BAD_MESSAGE, f"join channel '{msg.channel}' before sending to it", msg.channel)
                 return
             out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
-            self._to_users(members, out)
+            self._to_users(members, out, gap=msg.channel)
         elif isinstance(msg, p.Hello):
             self._error(conn, p.BAD_MESSAGE, "hello was already received on this connection", "hello")
         elif isinstance(msg, p.Bye):
@@ -581,17 +632,58 @@ class Hub:
     # ---------------------------------------------------------------- output
 
     def _record(self, s: Session, text: str) -> None:
-        """Number and keep a message for a user, for its replay on resume."""
+        """Number and keep a message for a user, for its replay on resume. The buffer keeps the newest
+        queue_limit messages and replay_bytes bytes, and all buffers together replay_total bytes: past
+        that the oldest go, and if one of them is still needed (the user was away when it came) the session
+        can no longer resume, and ends."""
         s.sent += 1
+        if s.overflowed:
+            return  # ending: nothing will be replayed
+        cost = _cost(text)
         s.recent.append((s.sent, text))
+        s.recent_bytes += cost
+        self.replay_used += cost
         if s.conn is None:
             s.missed += 1
-            if s.missed > self.config.queue_limit and not s.overflowed:
-                log.warning("more than %d messages for %s while it is away; ending its session",
-                            self.config.queue_limit, s.user_id)
-                s.overflowed = True  # it can no longer resume: a message would be missing
-                s.deadline = float("-inf")  # the next expire() takes it offline
-                self.deadlines_changed = True
+            s.missed_bytes += cost
+        cfg = self.config
+        while len(s.recent) > 1 and (len(s.recent) > cfg.queue_limit or s.recent_bytes > cfg.replay_bytes
+                                     or self.replay_used > cfg.replay_total):
+            seq, old = s.recent[0]
+            if s.conn is None and seq > s.sent - s.missed:
+                self._overflow(s)
+                return
+            s.recent.popleft()
+            s.recent_bytes -= _cost(old)
+            self.replay_used -= _cost(old)
+
+    def _overflow(self, s: Session) -> None:
+        log.warning("more for %s than its replay buffer holds (%d messages, %d bytes) while it is away; "
+                    "ending its session", s.user_id, s.missed, s.missed_bytes)
+        s.overflowed = True  # it can no longer resume: a message would be missing
+        s.deadline = float("-inf")  # the next expire() takes it offline
+        self.deadlines_changed = True
+        self._free_replay(s)
+
+    def _free_replay(self, s: Session) -> None:
+        self.replay_used -= s.recent_bytes
+        s.recent.clear()
+        s.recent_bytes = 0
+
+    def _shed(self, s: Session) -> bool:
+        """Whether a channel message for this user is held back (counted as a gap, not sent nor kept): its
+        connection has much left unread, or it is away and half its replay buffer is used. So call
+        signaling, never held back, always has room."""
+        if s.conn is not None:
+            return self.conns[s.conn].congested
+        cfg = self.config
+        return s.missed >= cfg.queue_limit // 2 or s.missed_bytes >= cfg.replay_bytes // 2
+
+    def _flush_gaps(self, s: Session) -> None:
+        gaps, s.gaps = s.gaps, {}
+        for channel, missed in gaps.items():
+            if channel in s.channels:
+                self._to_user(s.user_id, p.ChannelGap(channel=channel, missed=missed))
 
     def _to_user(self, user: str, msg: p.Message) -> None:
         """Deliver to a user now, or keep it until the user is back."""
@@ -603,11 +695,16 @@ class Hub:
         if s.conn is not None:
             self._out.append(Send(s.conn, text))
 
-    def _to_users(self, users: Iterable[str], msg: p.Message) -> None:
+    def _to_users(self, users: Iterable[str], msg: p.Message, *, gap: str | None = None) -> None:
+        """The same message to several users; with `gap` (a channel), held back from those who cannot take
+        it now, who are later told how many they missed there."""
         text = msg.encode()
         conns = []
         for u in users:
             s = self.sessions[u]
+            if gap is not None and self._shed(s):
+                s.gaps[gap] = s.gaps.get(gap, 0) + 1
+                continue
             self._record(s, text)
             if s.conn is not None:
                 conns.append(s.conn)
@@ -638,10 +735,7 @@ class Hub:
 
     def _rate_limited(self, conn: Conn, cs: _ConnState, now: float) -> bool:
         cfg = self.config
-        cs.tokens = min(cfg.burst, cs.tokens + (now - cs.last) * cfg.rate)
-        cs.last = now
-        if cs.tokens >= 1:
-            cs.tokens -= 1
+        if cs.bucket.take(now):
             if cs.refused and now - cs.last_refused > 5.0:
                 cs.refused = 0  # the flood is over
             return False
@@ -660,6 +754,11 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def _cost(text: str) -> int:
+    """What a kept message counts for in the replay limits: its length plus the bookkeeping around it."""
+    return len(text) + 100
 
 
 def _too_big(raw: str | bytes) -> bool:

@@ -17,6 +17,7 @@ from websockets.http11 import Request, Response
 from shared import __version__
 from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 
+from .admission import ACCEPT_BACKLOG, Admission, EverySecond, connection_cap, raise_open_file_limit
 from .bindings import Bindings
 from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
 
@@ -28,7 +29,54 @@ READ_LIMIT = 16 * MAX_MESSAGE_BYTES
 # A peer that stops reading while messages pile up for it is cut once this much waits in its write buffer;
 # it resumes like any dropped client and gets what it missed from the replay buffer.
 WRITE_LIMIT = 1 << 20
+# Until a hello succeeds a connection gets only small frames through, and may leave only a little unread:
+# a hello is small, and so is what the server says before login (an error; the welcome counts as after).
+PRE_LOGIN_READ_LIMIT = 8 * 1024
+# Past this much unread, channel messages are held back from a connection (its user later gets channel_gap);
+# call signaling still goes out. Below the low mark again, it gets them again.
+CONGESTED_HIGH, CONGESTED_LOW = 256 * 1024, 64 * 1024
+PRE_LOGIN_WRITE_LIMIT = 64 * 1024
 CLOSE_TIMEOUT = 2.0  # seconds a closing handshake may take before the TCP connection is dropped
+
+
+class _Connection(ServerConnection):
+    """A websockets connection whose every write, pongs and pings included, goes through `send_data`: past
+    its unread limit the TCP connection is aborted there, whoever wrote. Before login it takes small frames."""
+
+    def __init__(self, owner: SignalingServer, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+        self.write_cap = PRE_LOGIN_WRITE_LIMIT
+        self.protocol.max_message_size = PRE_LOGIN_READ_LIMIT
+
+    def logged_in(self) -> None:
+        self.write_cap = WRITE_LIMIT
+        self.protocol.max_message_size = READ_LIMIT
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.owner._connected(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.owner._disconnected(self)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.owner.hub.congested(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.owner._drained(self)
+
+    def send_data(self) -> None:
+        if self.transport.is_closing():
+            self.protocol.data_to_send()  # aborted: what is left has nowhere to go
+            return
+        super().send_data()
+        if self.transport.get_write_buffer_size() > self.write_cap:
+            self.owner._dropped.setdefault(self, f"more than {self.write_cap} bytes left unread (connection dropped)")
+            self.transport.abort()
 
 
 class SignalingServer:
@@ -44,6 +92,8 @@ class SignalingServer:
         ssl_context: ssl.SSLContext | None = None,
         compression: bool = False,
         bindings: Bindings | None = None,
+        max_connections: int | None = None,
+        allow_origins: Iterable[str] = (),
     ):
         self.host = host
         self.requested_port = port
@@ -58,10 +108,26 @@ class SignalingServer:
         self._dropped: dict[ServerConnection, str] = {}  # connections we aborted, and why
         # Sent in the handshake, until the hub has it (weak: a handshake may fail after its response).
         self._nonces: weakref.WeakKeyDictionary[ServerConnection, str] = weakref.WeakKeyDictionary()
+        # Open connections at most; None: as many as the open-file limit allows (see start()).
+        self.max_connections = max_connections
+        # Web pages allowed to connect (their Origin header); "*" for any. Requests without Origin (native
+        # clients) are always allowed; any other Origin is refused with 403, so that a web page the user
+        # happens to open cannot talk to a local server.
+        self.allow_origins = tuple(allow_origins)
+        self.admission: Admission | None = None
+        self._hello_timers: dict[ServerConnection, asyncio.TimerHandle] = {}
+        self._old_handler = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        cfg = self.hub.config
+        loop = asyncio.get_running_loop()
+        limits = raise_open_file_limit()
+        cap = self.max_connections if self.max_connections is not None else connection_cap(limits and limits[0])
+        self.admission = Admission(max_unauthenticated=cfg.max_unauthenticated,
+                                   max_per_ip=cfg.max_unauthenticated_per_ip, max_connections=cap, clock=loop.time)
+        self._quiet_accept_errors(loop)
         self._server = await serve(
             self._handle,
             self.host,
@@ -70,10 +136,15 @@ class SignalingServer:
             max_size=READ_LIMIT,
             ping_interval=None,  # our own keepalive below notices a dead peer without waiting for a close handshake
             compression="deflate" if self.compression else None,
+            open_timeout=cfg.hello_timeout or 10.0,
             close_timeout=CLOSE_TIMEOUT,
-            process_request=self._health,
+            process_request=self._process_request,
             process_response=self._give_nonce,
             server_header=f"callbox/{__version__}",
+            origins=None if "*" in self.allow_origins else [None, *self.allow_origins],
+            create_connection=lambda *args, **kwargs: _Connection(self, *args, **kwargs),
+            backlog=ACCEPT_BACKLOG,
+            write_limit=(CONGESTED_HIGH, CONGESTED_LOW),
         )
         log.info("callbox-server %s listening on %s", __version__, self.url)
 
@@ -88,6 +159,7 @@ class SignalingServer:
         await asyncio.gather(*self._closing, return_exceptions=True)
         self._server = None
         self.hub.bindings.close()
+        asyncio.get_running_loop().set_exception_handler(self._old_handler)
         log.info("callbox-server stopped")
 
     async def __aenter__(self) -> SignalingServer:
@@ -125,7 +197,11 @@ class SignalingServer:
         loop = asyncio.get_running_loop()
         peer = _addr(ws)
         log.info("connect %s", peer)
-        self._apply(self.hub.open(ws, loop.time(), self._nonces.pop(ws, "")))
+        addr = ws.remote_address
+        self._apply(self.hub.open(ws, loop.time(), addr[0] if isinstance(addr, tuple) and addr else None,
+                                  self._nonces.pop(ws, "")))
+        if self.hub.config.hello_timeout:
+            self._hello_timers[ws] = loop.call_later(self.hub.config.hello_timeout, self._hello_due, ws)
         keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None
         try:
             async for raw in ws:
@@ -134,6 +210,8 @@ class SignalingServer:
                 except Exception:  # a bug in the hub must not take the connection down with it
                     log.exception("hub failed on a message from %s", peer)
                     continue
+                if ws in self._hello_timers and self.hub.conns[ws].user is not None:
+                    self._logged_in(ws)  # before the welcome is written: it may be large
                 self._apply(actions)
                 # An idle connection must not pin its last frame and the hub's answer to it: after a hello
                 # that is the welcome listing every user, which made memory grow with the square of users.
@@ -143,6 +221,9 @@ class SignalingServer:
         finally:
             if keepalive is not None:
                 keepalive.cancel()
+            timer = self._hello_timers.pop(ws, None)
+            if timer is not None:
+                timer.cancel()
             user = self.hub.conns[ws].user if ws in self.hub.conns else None
             self._apply(self.hub.close(ws, loop.time()))
             why = self._dropped.pop(ws, None) or _why(ws)
@@ -180,32 +261,68 @@ class SignalingServer:
         self._schedule()
 
     def _deliver(self, conns: Iterable[ServerConnection], text: str) -> None:
-        """Every write to a user goes through here. It never waits for a slow peer, and a connection that is
+        """Every message to a user goes through here. It never waits for a slow peer, and a connection that is
         closing or closed is skipped: its handler's exit tells the hub, which is the one place that cleans up.
-        A peer whose unread backlog passed WRITE_LIMIT is dropped instead of buffering without end."""
-        ready = []
-        for ws in conns:
-            if ws.transport.get_write_buffer_size() > WRITE_LIMIT:
-                if ws not in self._dropped:
-                    self._dropped[ws] = f"more than {WRITE_LIMIT} bytes left unread (connection dropped)"
-                    ws.transport.abort()
-            else:
-                ready.append(ws)
-        broadcast(ready, text)
+        The write itself, and the drop of a peer whose unread backlog passed its limit, is _Connection's."""
+        broadcast(conns, text)
 
-    def _health(self, connection: ServerConnection, request: Request) -> Response | None:
-        """A plain HTTP GET /health answers 200, so self-hosters can point a monitor at the server. It names
-        the server (SERVER_ID_HEADER), so an app can tell it from one that died at the same address."""
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Refuse a newcomer past the caps on connections waiting to log in (503), and answer a plain HTTP
+        GET /health with 200, so self-hosters can point a monitor at the server. It names the server
+        (SERVER_ID_HEADER), so an app can tell it from one that died at the same address."""
         if request.path == "/health" and "upgrade" not in request.headers.get("Connection", "").lower():
             response = connection.respond(HTTPStatus.OK, "ok\n")
             response.headers[SERVER_ID_HEADER] = self.hub.config.server_id
             return response
+        why = self.admission.over_cap(connection)
+        if why is not None:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, f"busy: {why}; try again later\n")
         return None
 
     def _give_nonce(self, connection: ServerConnection, request: Request, response: Response) -> Response:
         if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
             self._nonces[connection] = response.headers[NONCE_HEADER] = secrets.token_urlsafe(18)
         return response
+
+    # ------------------------------------------------------------ admission
+
+    def _connected(self, ws: _Connection) -> None:
+        addr = ws.transport.get_extra_info("peername")
+        ip = addr[0] if isinstance(addr, tuple) and addr else str(addr)
+        if not self.admission.connected(ws, ip):
+            ws.transport.abort()
+
+    def _disconnected(self, ws: _Connection) -> None:
+        self.admission.disconnected(ws)
+
+    def _logged_in(self, ws: _Connection) -> None:
+        self._hello_timers.pop(ws).cancel()
+        self.admission.logged_in(ws)
+        ws.logged_in()
+
+    def _drained(self, ws: ServerConnection) -> None:
+        if not ws.transport.is_closing():
+            self._apply(self.hub.drained(ws, asyncio.get_running_loop().time()))
+
+    def _hello_due(self, ws: ServerConnection) -> None:
+        self._hello_timers.pop(ws, None)
+        self._apply(self.hub.hello_due(ws, asyncio.get_running_loop().time()))
+
+    def _quiet_accept_errors(self, loop: asyncio.AbstractEventLoop) -> None:
+        """asyncio logs a traceback for every failed accept() when the process runs out of open files, up to
+        a hundred a try: log one line a second instead. Other errors go to the handler that was there."""
+        self._old_handler = old = loop.get_exception_handler()
+        throttled = EverySecond(log, loop.time)
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+            if context.get("message") == "socket.accept() out of system resource":
+                throttled(logging.WARNING, "cannot accept connections: %s", context.get("exception"))
+            elif old is not None:
+                old(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
 
     # ------------------------------------------------------------ deadlines
 

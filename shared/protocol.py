@@ -491,6 +491,16 @@ class ChannelMessage(Message):
     ts: float | None = spec(nullable(number), default=None)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChannelGap(Message):
+    """Server to a member: `missed` messages of the channel were not sent to you (you were not reading, or
+    were away too long); they are not replayed."""
+
+    type: ClassVar[str] = "channel_gap"
+    channel: str = spec(CHANNEL)
+    missed: int = spec(integer(1, 2**53))
+
+
 # Messages a client may send; the server refuses any other type with `unknown_type`.
 CLIENT_TYPES = frozenset(
     t.type

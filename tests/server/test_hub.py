@@ -94,26 +94,108 @@ def test_grace_then_offline_ends_calls():
     assert w.hub.status("alice") == "online"
 
 
+def _in_call(w):
+    w.login("alice"), w.login("bob")
+    w.send("alice", type="call_incoming", to="bob", call_id="c1", media=["audio"])
+    w.send("bob", type="call_accepted", to="alice", call_id="c1")
+
+
+def _candidate(w, text="x"):
+    w.send("alice", type="webrtc_ice_candidate", to="bob", call_id="c1", candidate=text)
+
+
 def test_queue_overflow_ends_the_session():
     w = Wire(resume_grace=60, queue_limit=3)
-    w.login("alice"), w.login("bob")
-    w.send("alice", type="join", channel="room")
-    w.send("bob", type="join", channel="room")
+    _in_call(w)
     w.drop("bob")
     for i in range(4):
-        w.send("alice", type="channel_message", channel="room", text=f"m{i}")
+        _candidate(w, f"m{i}")
     w.advance(0)
     assert w.hub.status("bob") == "offline"
+    assert w.hub.replay_used == sum(s.recent_bytes for s in w.hub.sessions.values())
+
+
+def test_replay_bytes_overflow_ends_the_session_and_frees_its_buffer():
+    w = Wire(resume_grace=60, replay_bytes=10_000)
+    _in_call(w)
+    w.drop("bob")
+    for _ in range(3):
+        _candidate(w, "c" * 1000)
+    assert w.hub.status("bob") == "reconnecting"
+    for _ in range(8):
+        _candidate(w, "c" * 1000)  # more than 10,000 bytes missed
+    assert w.hub.sessions["bob"].recent_bytes == 0
+    w.advance(0)
+    assert w.hub.status("bob") == "offline"
+    assert any(m["reason"] == "peer_disconnected" for m in w.take("alice", "call_ended"))
+
+
+def test_replay_buffer_of_a_connected_user_keeps_the_newest_within_its_bytes():
+    w = Wire(replay_bytes=10_000)
+    _in_call(w)
+    for i in range(100):
+        _candidate(w, f"{i:04d}" + "c" * 996)
+    bob = w.hub.sessions["bob"]
+    assert bob.recent_bytes <= 10_000 and len(bob.recent) >= 8
+    assert json.loads(bob.recent[-1][1])["candidate"].startswith("0099")
+    assert len(w.take("bob", "webrtc_ice_candidate")) == 100  # nothing lost on a live connection
+
+
+def test_server_wide_replay_total_is_kept():
+    w = Wire(replay_bytes=100_000, replay_total=30_000)
+    for u in ("alice", "bob", "carol", "dave"):
+        w.login(u)
+        w.send(u, type="join", channel="room")
+    for _ in range(50):
+        w.send("alice", type="channel_message", channel="room", text="t" * 1000)
+    assert w.hub.replay_used <= 30_000 + 1200
+    w.hub.check_invariants()
+
+
+def test_channel_flood_while_away_becomes_a_gap_and_the_session_and_call_survive():
+    w = Wire(resume_grace=60, queue_limit=10)
+    _in_call(w)
+    token = w.hub.sessions["bob"].resume_token
+    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    got = len(w.take("bob")) - 1  # all but the presence count
+    w.drop("bob")
+    for i in range(50):
+        w.send("alice", type="channel_message", channel="room", text=f"m{i}")
+    _candidate(w, "after the flood")
+    w.advance(0)
+    assert w.hub.status("bob") == "reconnecting" and "c1" in w.hub.calls
+    w.open("bob2")
+    w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token, received=got)
+    welcome, *rest = w.take("bob2")
+    assert welcome["resumed"] is True
+    assert [m["text"] for m in rest if m["type"] == "channel_message"] == [f"m{i}" for i in range(5)]
+    assert [m["candidate"] for m in rest if m["type"] == "webrtc_ice_candidate"] == ["after the flood"]
+    assert rest[-1] == {"type": "channel_gap", "channel": "room", "missed": 45}
+    w.hub.check_invariants()
+
+
+def test_a_congested_reader_gets_a_gap_marker_once_drained_and_call_messages_throughout():
+    w = Wire()
+    _in_call(w)
+    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    w.take("bob")
+    w.hub.congested("bob")
+    w.send("alice", type="channel_message", channel="room", text="lost")
+    _candidate(w, "kept")
+    assert [m["type"] for m in w.take("bob")] == ["webrtc_ice_candidate"]
+    w.run(w.hub.drained("bob", w.now))
+    w.send("alice", type="channel_message", channel="room", text="back")
+    assert [(m["type"], m.get("missed"), m.get("text")) for m in w.take("bob")] == [
+        ("channel_gap", 1, None), ("channel_message", None, "back")]
 
 
 def test_overflowed_session_cannot_resume():
     w = Wire(resume_grace=60, queue_limit=1)
-    w.login("alice")
-    token = w.login("bob")["resume_token"]
-    w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
+    _in_call(w)
+    token = w.hub.sessions["bob"].resume_token
     w.drop("bob")
-    w.send("alice", type="channel_message", channel="room", text="m1")
-    w.send("alice", type="channel_message", channel="room", text="m2")  # overflows before any timer runs
+    _candidate(w, "m1")
+    _candidate(w, "m2")  # overflows before any timer runs
     w.open("bob2")
     w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token)
     assert w.take("bob2")[0]["resumed"] is False

@@ -141,7 +141,7 @@ def test_only_a_fresh_proof_by_the_bound_key_logs_in(signer, claimed, bound, non
     hub = Hub(HubConfig(**FAST))
     if bound is not None:
         hub.bindings.bind("alice", KEYS[bound].key)
-    hub.open("conn", 0.0, "this")
+    hub.open("conn", 0.0, nonce="this")
     proof = KEYS[signer].prove(nonce, signed_user)
     hello = p.Hello(protocol=1, user_id="alice", display_name="A", key=KEYS[claimed].key, proof=proof).encode()
     replies = [p.decode(a.text) for a in hub.receive("conn", hello, 0.0) if isinstance(a, Send)]
