@@ -225,7 +225,8 @@ class Lan:
             log.info("no other server on the LAN; hosting in %.1f s (turn %d)", turn * HOST_STEP, turn)
         if now >= self._host_at:
             await self._host()
-            if self.engine.signaling.retarget(self.target.url, "moving to the server hosted here"):
+            if not self._on(self.target.server_id) and self.engine.signaling.retarget(
+                    self.target.url, "moving to the server hosted here"):
                 self._emit(ev.Moving(self.target.url, "this computer", "the server was lost"))
             self._lost_since, self._host_at = time.monotonic(), None
 
@@ -255,6 +256,14 @@ class Lan:
             return None
         return next((s for s in self.view.servers.values() if s.server_id == server_id), None)
 
+    def _on(self, server_id: str | None) -> bool:
+        """Whether the engine is online on that server already, by whatever address (retrying the lost
+        server's address, it may have reached ours, which took the same port): moving again would make a new
+        session there, and the old one's end would end its calls."""
+        info = self.engine.signaling.server_info
+        return (server_id is not None and self.engine.connection is ConnState.ONLINE and info is not None
+                and info.server_id == server_id)
+
     def _exclude(self, key: str) -> None:
         self._excluded[key] = time.monotonic() + EXCLUDE_FOR
 
@@ -269,7 +278,7 @@ class Lan:
         if self.server is not None and self.server.hub.config.server_id != found.server_id:
             await self._hand_over(found)
         self.target = Target(found.url, "discovered", found.server_id, found.name)
-        if self.engine.signaling.retarget(found.url):
+        if not self._on(found.server_id) and self.engine.signaling.retarget(found.url):
             self._emit(ev.Moving(found.url, found.name, why))
         self._lost_since, self._host_at = time.monotonic(), None
         return True
