@@ -20,6 +20,7 @@ from .identity import Identity, Pins
 from .media import LocalMedia
 from .peer import PeerSession, Received
 from .signaling import ConnState, SignalingClient
+from .tasks import Tasks
 
 log = logging.getLogger("callbox.engine")
 
@@ -78,8 +79,8 @@ class Engine:
         self.finished: list[CallSession] = []
         self._glare_losers: set[str] = set()
         self._listeners: list[Callable[[object], None]] = []
-        self._tasks: set[asyncio.Task] = set()
-        self._teardowns: set[asyncio.Task] = set()
+        self._tasks = Tasks()
+        self._teardowns = Tasks()
         self.signaling = SignalingClient(
             config.server, config.user_id, config.display_name, token=config.token,
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
@@ -110,11 +111,9 @@ class Engine:
         await self.signaling.stop()
         # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind);
         # everything else (negotiation, media watch) is cancelled.
-        await asyncio.gather(*self._teardowns, *(self._teardown(s) for s in list(self.sessions.values())),
+        await asyncio.gather(self._teardowns.wait(), *(self._teardown(s) for s in list(self.sessions.values())),
                              return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         self.media.close()
 
     @property
@@ -125,11 +124,8 @@ class Engine:
     def users(self) -> list[p.UserInfo]:
         return sorted(self.signaling.users.values(), key=lambda u: u.display_name.lower())
 
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        return self._tasks.spawn(coro, name)
 
     # ------------------------------------------------------------ what the user does
 
@@ -223,11 +219,9 @@ class Engine:
             s.times.append((s.call.state.value, time.time()))
             self._changed(s)
         if s.call.state is State.ENDED:
-            task = asyncio.get_running_loop().create_task(self._teardown(s))
-            self._teardowns.add(task)
-            task.add_done_callback(self._teardowns.discard)
+            self._teardowns.spawn(self._teardown(s), f"call {s.call.call_id} teardown")
         elif s.call.state is State.CONNECTING and s.watch is None:
-            s.watch = self._spawn(self._watch(s))
+            s.watch = self._spawn(self._watch(s), f"call {s.call.call_id} watch")
         return True
 
     def _changed(self, s: CallSession) -> None:
@@ -333,18 +327,18 @@ class Engine:
         if isinstance(msg, p.CallAccepted):
             if s.direction == "outgoing" and self._apply(s, Event.ACCEPT):
                 s.accepted_at = time.monotonic()
-                self._spawn(self._connect(s))
+                self._spawn(self._connect(s), f"call {s.call.call_id} offer")
         elif isinstance(msg, p.CallRejected):
             self._apply(s, Event.REJECT, msg.reason)
         elif isinstance(msg, p.CallEnded):
             event = Event.HANGUP if s.call.established else Event.CANCEL
             self._apply(s, event, msg.reason)
         elif isinstance(msg, p.WebrtcOffer):
-            self._spawn(self._on_offer(s, msg))
+            self._spawn(self._on_offer(s, msg), f"call {s.call.call_id} answer")
         elif isinstance(msg, p.WebrtcAnswer):
-            self._spawn(self._on_answer(s, msg))
+            self._spawn(self._on_answer(s, msg), f"call {s.call.call_id} accept answer")
         elif isinstance(msg, p.WebrtcIceCandidate):
-            self._spawn(self._on_candidate(s, msg))
+            self._spawn(self._on_candidate(s, msg), f"call {s.call.call_id} candidate")
 
     def _error(self, msg: p.Error) -> None:
         s = self.sessions.get(msg.ref or "")
