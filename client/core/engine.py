@@ -6,6 +6,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ from .tasks import Tasks
 log = logging.getLogger("callbox.engine")
 
 ECHO_PEER = "(echo)"  # the peer of a sound and video check; no user id can look like it
+RECENT_FINISHED = 4  # ended calls kept in app mode (keep_finished=False): the last few, for a look at them
+GLARE_LOSERS_KEPT = 32  # call ids lost to glare, whose late messages are ignored without a log line
 
 
 @dataclass
@@ -91,10 +94,11 @@ class Engine:
     """Everything a calling app does that is not a window. Listeners get events from client.core.events.
 
     The engine keeps the listeners, the signaling dispatch, glare and the user's commands; each call's media is
-    its Pair's (client.core.pair)."""
+    its Pair's (client.core.pair). `finished` keeps every ended call when asked (`keep_finished`, for the headless
+    report and tests), else only the last few; none of them holds decoded audio."""
 
     def __init__(self, config: EngineConfig, media: LocalMedia, *, identity: Identity | None = None,
-                 pins: Pins | None = None):
+                 pins: Pins | None = None, keep_finished: bool = False):
         self.config = config
         self.media = media
         self.identity = identity
@@ -102,8 +106,9 @@ class Engine:
         self.key_warnings: dict[str, ev.KeyChanged] = {}  # user -> the latest mismatch, while it lasts
         media.on_problem = lambda kind, why: self._emit(ev.DeviceProblem(kind, why))
         self.sessions: dict[str, CallSession] = {}
-        self.finished: list[CallSession] = []
-        self._glare_losers: set[str] = set()
+        self.finished: list[CallSession] | deque[CallSession] = [] if keep_finished else deque(
+            maxlen=RECENT_FINISHED)
+        self._glare_losers: deque[str] = deque(maxlen=GLARE_LOSERS_KEPT)
         self._listeners: list[Callable[[object], None]] = []
         self._teardowns = Tasks()
         self.signaling = SignalingClient(
@@ -360,11 +365,11 @@ class Engine:
         call = Call(msg.call_id, peer, me, msg.media)
         if mine is not None:  # glare: we called each other at once; both keep the call whose id sorts first
             if glare_winner(mine.call.call_id, msg.call_id) == mine.call.call_id:
-                self._glare_losers.add(msg.call_id)
+                self._glare_losers.append(msg.call_id)
                 log.info("glare with %s: keeping our call %s", peer, mine.call.call_id)
                 return
             log.info("glare with %s: taking their call %s", peer, msg.call_id)
-            self._glare_losers.add(mine.call.call_id)
+            self._glare_losers.append(mine.call.call_id)
             self._apply(mine, Event.CANCEL, "glare")
             self.signaling.send(p.CallEnded(to=peer, call_id=mine.call.call_id, reason="glare"))
             self._add(self._session(call, "incoming", name, ()))

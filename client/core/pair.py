@@ -121,7 +121,7 @@ class Pair:
 
     async def close(self) -> None:
         """Stop, let a negotiation in flight finish (a peer connection cancelled mid-setup leaves ICE tasks
-        behind), and close the peer connection under its timeout."""
+        behind), close the peer connection under its timeout, and drop the decoded audio kept for analysis."""
         self.stop()
         if self._watch is not None and self._watch is not asyncio.current_task():
             self._watch.cancel()
@@ -130,6 +130,7 @@ class Pair:
                 pc, self.pc = self.pc, None
                 await pc.close()
         await self._tasks.close()
+        self.received.drop_audio()
 
     async def stats(self) -> dict:
         return await self.pc.stats() if self.pc is not None else {}

@@ -36,11 +36,17 @@ class Received:
     last_media: float | None = None
     counters: list[int] = field(default_factory=list)  # pattern counters read (first and latest kept)
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last second of remote audio blocks
+    final_hz: float | None = None  # the analysis of `recent`, kept when its audio was dropped
 
     def dominant_hz(self) -> float | None:
         if not self.recent:
-            return None
+            return self.final_hz
         return round(dominant_hz(np.concatenate(list(self.recent))), 1)
+
+    def drop_audio(self) -> None:
+        """At teardown: keep what the last second of audio says, not the decoded audio itself."""
+        self.final_hz = self.dominant_hz()
+        self.recent.clear()
 
 
 def ice_config(servers: list[dict]) -> RTCConfiguration:

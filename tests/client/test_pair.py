@@ -128,7 +128,8 @@ async def test_offer_answer_and_trickled_candidates_bring_media_up_both_ways():
         assert not alice.count(Failed) and not bob.count(Failed)
     finally:
         await link.close()
-    assert alice.pair.pc is None
+    assert alice.pair.pc is None and not alice.pair.received.recent  # closed, and no decoded audio kept
+    assert abs(alice.pair.received.dominant_hz() - 660) <= 5  # what it said is kept
     assert alice.media.open_devices == bob.media.open_devices == 0
 
 
