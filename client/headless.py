@@ -135,7 +135,7 @@ async def run(args) -> int:
     url = await lan.choose()
     engine = Engine(EngineConfig(server=url, user_id=args.user, display_name=name,
                                  token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media,
-                    identity=Identity.load(profile.identity_path), pins=Pins(profile.pins_path))
+                    identity=Identity.load(profile.identity_path), pins=Pins(profile.pins_path), keep_finished=True)
     lan.attach(engine)  # first: it learns which server it is on before the printer reports it
     if printer is not None:
         printer.engine = engine

@@ -1,29 +1,34 @@
-"""The call engine: drives the shared call state machine from signaling, one peer connection per call, repair."""
+"""The call engine: the user's commands, signaling in and out, glare, and each 1:1 call's state machine and Pair."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import protocol as p
 from shared.calls import Call, Event, IllegalTransition, State, glare_winner
-from shared.identity import dtls_payload, fingerprint, safety_code, verify
+from shared.identity import fingerprint
 from shared.names import display_name
 
 from . import events as ev
+from . import pair as pair_events
 from .identity import Identity, Pins
 from .media import LocalMedia
+from .pair import Pair, PairConfig
 from .peer import PeerSession, Received
 from .signaling import ConnState, SignalingClient
+from .tasks import Tasks
 
 log = logging.getLogger("callbox.engine")
 
 ECHO_PEER = "(echo)"  # the peer of a sound and video check; no user id can look like it
+RECENT_FINISHED = 4  # ended calls kept in app mode (keep_finished=False): the last few, for a look at them
+GLARE_LOSERS_KEPT = 32  # call ids lost to glare, whose late messages are ignored without a log line
 
 
 @dataclass
@@ -44,30 +49,56 @@ class EngineConfig:
 
 @dataclass
 class CallSession:
+    """A 1:1 call: the call state machine plus the one Pair that carries its media."""
+
     call: Call
     direction: str
     peer_name: str
     want: tuple[str, ...]  # what we send
-    received: Received = field(default_factory=Received)
-    pc: PeerSession | None = None
-    attempts: int = 0  # peer connections built so far
-    media_lost_at: float | None = None
-    accepted_at: float | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    watch: asyncio.Task | None = None
-    pc_failed: bool = False
+    pair: Pair
     times: list[tuple[str, float]] = field(default_factory=list)  # (state, wall time)
     echo: object | None = None  # the local echo peer of a sound and video check; no server involved
-    verified: bool | None = None  # the peer's SDP was signed by its pinned key (False: it has no key)
-    safety_code: str | None = None  # the same six digits on both sides (shared.identity.safety_code)
-    local_sdp: str | None = None
+
+    # What the pair knows, as a call's fields (the headless report, the tests and the benchmarks read them).
+    @property
+    def received(self) -> Received:
+        return self.pair.received
+
+    @property
+    def pc(self) -> PeerSession | None:
+        return self.pair.pc
+
+    @property
+    def attempts(self) -> int:  # peer connections built so far
+        return self.pair.attempts
+
+    @property
+    def accepted_at(self) -> float | None:
+        return self.pair.started_at
+
+    @property
+    def verified(self) -> bool | None:  # the peer's SDP was signed by its pinned key (False: it has no key)
+        return self.pair.verified
+
+    @property
+    def safety_code(self) -> str | None:  # the same six digits on both sides (shared.identity.safety_code)
+        return self.pair.safety_code
+
+
+def sending(media: tuple[str, ...], want: tuple[str, ...]) -> tuple[str, ...]:
+    """What goes into the peer connection: what the call has and we want to send, at least audio."""
+    return tuple(k for k in media if k in want) or ("audio",)
 
 
 class Engine:
-    """Everything a calling app does that is not a window. Listeners get events from client.core.events."""
+    """Everything a calling app does that is not a window. Listeners get events from client.core.events.
+
+    The engine keeps the listeners, the signaling dispatch, glare and the user's commands; each call's media is
+    its Pair's (client.core.pair). `finished` keeps every ended call when asked (`keep_finished`, for the headless
+    report and tests), else only the last few; none of them holds decoded audio."""
 
     def __init__(self, config: EngineConfig, media: LocalMedia, *, identity: Identity | None = None,
-                 pins: Pins | None = None):
+                 pins: Pins | None = None, keep_finished: bool = False):
         self.config = config
         self.media = media
         self.identity = identity
@@ -75,11 +106,11 @@ class Engine:
         self.key_warnings: dict[str, ev.KeyChanged] = {}  # user -> the latest mismatch, while it lasts
         media.on_problem = lambda kind, why: self._emit(ev.DeviceProblem(kind, why))
         self.sessions: dict[str, CallSession] = {}
-        self.finished: list[CallSession] = []
-        self._glare_losers: set[str] = set()
+        self.finished: list[CallSession] | deque[CallSession] = [] if keep_finished else deque(
+            maxlen=RECENT_FINISHED)
+        self._glare_losers: deque[str] = deque(maxlen=GLARE_LOSERS_KEPT)
         self._listeners: list[Callable[[object], None]] = []
-        self._tasks: set[asyncio.Task] = set()
-        self._teardowns: set[asyncio.Task] = set()
+        self._teardowns = Tasks()
         self.signaling = SignalingClient(
             config.server, config.user_id, config.display_name, token=config.token,
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
@@ -108,13 +139,10 @@ class Engine:
                 self.hangup(s.call.call_id)
         await asyncio.sleep(0)  # let the hang-ups reach the outbox
         await self.signaling.stop()
-        # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind);
-        # everything else (negotiation, media watch) is cancelled.
-        await asyncio.gather(*self._teardowns, *(self._teardown(s) for s in list(self.sessions.values())),
+        # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind); each pair
+        # cancels the rest of its work (negotiation, media watch) itself.
+        await asyncio.gather(self._teardowns.wait(), *(self._teardown(s) for s in list(self.sessions.values())),
                              return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.media.close()
 
     @property
@@ -125,19 +153,12 @@ class Engine:
     def users(self) -> list[p.UserInfo]:
         return sorted(self.signaling.users.values(), key=lambda u: u.display_name.lower())
 
-    def _spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     # ------------------------------------------------------------ what the user does
 
     def call(self, peer: str, *, video: bool = False) -> str:
         media = ("audio", "video") if video else ("audio",)
         call_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
-        s = CallSession(Call(call_id, self.config.user_id, peer, media), "outgoing",
-                        self._name_of(peer), want=media)
+        s = self._session(Call(call_id, self.config.user_id, peer, media), "outgoing", self._name_of(peer), media)
         self._add(s)
         self.signaling.send(p.CallIncoming(to=peer, call_id=call_id, media=media))
         return call_id
@@ -148,15 +169,11 @@ class Engine:
 
         media = ("audio", "video") if video else ("audio",)
         call_id = f"echo-{secrets.token_hex(4)}"
-        s = CallSession(Call(call_id, self.config.user_id, ECHO_PEER, media), "outgoing", "Sound and video check",
-                        want=media, echo=EchoPeer())
+        s = self._session(Call(call_id, self.config.user_id, ECHO_PEER, media), "outgoing", "Sound and video check",
+                          media, echo=EchoPeer())
         self._add(s)
         self._apply(s, Event.ACCEPT)
-        s.accepted_at = time.monotonic()
-        async with s.lock:
-            s.pc = self._new_pc(s)
-            answer = await s.echo.answer(await s.pc.offer())
-            await s.pc.accept_answer(answer)
+        await s.pair.connect()
         return call_id
 
     def accept(self, call_id: str, *, video: bool | None = None) -> bool:
@@ -169,7 +186,8 @@ class Engine:
         want = ("audio", "video") if video and "video" in s.call.media else ("audio",)
         if not self._apply(s, Event.ACCEPT):
             return False
-        s.want, s.accepted_at = want, time.monotonic()
+        s.want = want
+        s.pair.kinds = sending(s.call.media, want)
         self.signaling.send(p.CallAccepted(to=s.call.caller, call_id=call_id, media=s.want))
         return True
 
@@ -209,9 +227,29 @@ class Engine:
 
     async def stats(self, call_id: str) -> dict:
         s = self.sessions.get(call_id)
-        return await s.pc.stats() if s is not None and s.pc is not None else {}
+        return await s.pair.stats() if s is not None else {}
 
     # ------------------------------------------------------------ state
+
+    def _session(self, call: Call, direction: str, peer_name: str, want: tuple[str, ...], *,
+                 echo=None) -> CallSession:
+        """A call and its pair: we offer when we called; the pair reports back into this call."""
+        cfg, peer, call_id = self.config, call.peer_of(self.config.user_id), call.call_id
+        s: CallSession
+
+        def on_video(frame) -> None:
+            self._emit(ev.RemoteVideo(call_id, frame))
+
+        pair = Pair(call_id, cfg.user_id, peer, offerer=direction == "outgoing", media=self.media,
+                    config=PairConfig(media_timeout=cfg.media_timeout, repair_after=cfg.repair_after,
+                                      repair_attempts=cfg.repair_attempts, ice_servers=cfg.ice_servers,
+                                      analyze_video=cfg.analyze_video),
+                    send=self.signaling.send, report=lambda what: self._pair_report(s, what),
+                    identity=self.identity, peer_key=lambda: self._peer_key(peer),
+                    kinds=sending(call.media, want), on_video=on_video,
+                    local_answer=echo.answer if echo is not None else None)
+        s = CallSession(call, direction, peer_name, want, pair, echo=echo)
+        return s
 
     def _add(self, s: CallSession) -> None:
         s.call.history.append((State.RINGING, time.monotonic()))
@@ -230,12 +268,26 @@ class Engine:
             s.times.append((s.call.state.value, time.time()))
             self._changed(s)
         if s.call.state is State.ENDED:
-            task = asyncio.get_running_loop().create_task(self._teardown(s))
-            self._teardowns.add(task)
-            task.add_done_callback(self._teardowns.discard)
-        elif s.call.state is State.CONNECTING and s.watch is None:
-            s.watch = self._spawn(self._watch(s))
+            s.pair.stop()
+            self._teardowns.spawn(self._teardown(s), f"call {s.call.call_id} teardown")
+        elif s.call.state is State.CONNECTING:
+            s.pair.start()
         return True
+
+    def _pair_report(self, s: CallSession, what: pair_events.Report) -> None:
+        """What the call's pair found: media up or down, a failure, who is at the other end."""
+        if isinstance(what, pair_events.MediaUp):
+            if s.call.state in (State.CONNECTING, State.RECONNECTING):
+                self._apply(s, Event.MEDIA_UP)
+        elif isinstance(what, pair_events.MediaDown):
+            if s.call.state is State.ACTIVE:
+                self._apply(s, Event.MEDIA_DOWN)
+        elif isinstance(what, pair_events.Failed):
+            if self._apply(s, Event.FAIL, what.reason) and s.echo is None:
+                self.signaling.send(p.CallEnded(to=s.call.peer_of(self.config.user_id), call_id=s.call.call_id,
+                                                reason=what.reason))
+        elif isinstance(what, pair_events.Secured):
+            self._emit(ev.CallSecurity(s.call.call_id, what.verified, what.safety_code))
 
     def _changed(self, s: CallSession) -> None:
         c = s.call
@@ -246,6 +298,11 @@ class Engine:
         info = self.signaling.users.get(user_id)
         return info.display_name if info else user_id
 
+    def _peer_key(self, peer: str) -> str | None:
+        """The key a peer must sign its SDP with: the one pinned for it, else the one the server shows."""
+        info = self.signaling.users.get(peer)
+        return self.pins.keys.get(peer) or (info.key if info is not None else None)
+
     def _active_calls(self) -> list[p.ActiveCall]:
         """Sent in hello, so a restarted server can restore the calls whose media still flows."""
         me = self.config.user_id
@@ -253,15 +310,9 @@ class Engine:
                 for s in self.sessions.values() if s.call.established and s.echo is None]
 
     async def _teardown(self, s: CallSession) -> None:
-        if s.watch is not None and s.watch is not asyncio.current_task():
-            s.watch.cancel()
-        s.watch = None
-        async with s.lock:  # after any negotiation in flight, so no peer connection is left behind
-            if s.pc is not None:
-                pc, s.pc = s.pc, None
-                await pc.close()
-            if s.echo is not None:
-                await s.echo.close()
+        await s.pair.close()
+        if s.echo is not None:
+            await s.echo.close()
         if self.sessions.get(s.call.call_id) is s:
             del self.sessions[s.call.call_id]
             self.finished.append(s)
@@ -318,40 +369,38 @@ class Engine:
         mine = next((s for s in self.sessions.values()
                      if s.direction == "outgoing" and s.call.state is State.RINGING and s.call.callee == peer), None)
         name = display_name(msg.display_name, peer) if msg.display_name else self._name_of(peer)
-        s = CallSession(Call(msg.call_id, peer, me, msg.media), "incoming", name, want=())
+        call = Call(msg.call_id, peer, me, msg.media)
         if mine is not None:  # glare: we called each other at once; both keep the call whose id sorts first
             if glare_winner(mine.call.call_id, msg.call_id) == mine.call.call_id:
-                self._glare_losers.add(msg.call_id)
+                self._glare_losers.append(msg.call_id)
                 log.info("glare with %s: keeping our call %s", peer, mine.call.call_id)
                 return
             log.info("glare with %s: taking their call %s", peer, msg.call_id)
-            self._glare_losers.add(mine.call.call_id)
+            self._glare_losers.append(mine.call.call_id)
             self._apply(mine, Event.CANCEL, "glare")
             self.signaling.send(p.CallEnded(to=peer, call_id=mine.call.call_id, reason="glare"))
-            self._add(s)
+            self._add(self._session(call, "incoming", name, ()))
             self.accept(msg.call_id, video="video" in mine.want)
             return
-        self._add(s)
-        self._emit(ev.IncomingCall(msg.call_id, peer, s.peer_name, msg.media))
+        self._add(self._session(call, "incoming", name, ()))
+        self._emit(ev.IncomingCall(msg.call_id, peer, name, msg.media))
         if self.config.auto_answer:
             self.accept(msg.call_id)
 
     def _relayed(self, s: CallSession, msg: p.Relayed) -> None:
         if isinstance(msg, p.CallAccepted):
             if s.direction == "outgoing" and self._apply(s, Event.ACCEPT):
-                s.accepted_at = time.monotonic()
-                self._spawn(self._connect(s))
+                s.pair.offer()
         elif isinstance(msg, p.CallRejected):
             self._apply(s, Event.REJECT, msg.reason)
         elif isinstance(msg, p.CallEnded):
             event = Event.HANGUP if s.call.established else Event.CANCEL
             self._apply(s, event, msg.reason)
         elif isinstance(msg, p.WebrtcOffer):
-            self._spawn(self._on_offer(s, msg))
-        elif isinstance(msg, p.WebrtcAnswer):
-            self._spawn(self._on_answer(s, msg))
-        elif isinstance(msg, p.WebrtcIceCandidate):
-            self._spawn(self._on_candidate(s, msg))
+            if s.call.established:  # an offer before we accepted, or after the end, is not answered
+                s.pair.receive(msg)
+        elif isinstance(msg, (p.WebrtcAnswer, p.WebrtcIceCandidate)):
+            s.pair.receive(msg)
 
     def _error(self, msg: p.Error) -> None:
         s = self.sessions.get(msg.ref or "")
@@ -361,140 +410,3 @@ class Engine:
             log.info("server does not know call %s yet (it may have restarted); media goes on", msg.ref)
             return
         self._emit(ev.ServerError(msg.code, msg.message, msg.ref))
-
-    # ------------------------------------------------------------ media negotiation
-
-    def _new_pc(self, s: CallSession) -> PeerSession:
-        s.attempts += 1
-        s.pc_failed = False
-        kinds = tuple(k for k in s.call.media if k in s.want) or ("audio",)
-
-        def on_state(state: str) -> None:
-            if state == "failed":
-                s.pc_failed = True
-
-        def on_video(frame) -> None:
-            self._emit(ev.RemoteVideo(s.call.call_id, frame))
-
-        return PeerSession(s.call.call_id, self.media, s.received, kinds=kinds,
-                           ice_servers=self.config.ice_servers, analyze_video=self.config.analyze_video,
-                           on_state=on_state, on_video=on_video)
-
-    async def _connect(self, s: CallSession) -> None:
-        """Caller: build a peer connection and offer (again, when repairing)."""
-        async with s.lock:
-            if not s.call.live:
-                return
-            old, s.pc = s.pc, self._new_pc(s)
-            if old is not None:
-                await old.close()
-            sdp = s.local_sdp = await s.pc.offer()
-            if s.call.live:
-                self.signaling.send(p.WebrtcOffer(to=s.call.callee, call_id=s.call.call_id, sdp=sdp,
-                                                  signature=self._sign(s, sdp)))
-
-    async def _on_offer(self, s: CallSession, msg: p.WebrtcOffer) -> None:
-        async with s.lock:
-            if not s.call.established or not self._verify(s, msg):
-                return
-            old, s.pc = s.pc, self._new_pc(s)  # a repeated offer means the caller is repairing the call
-            if old is not None:
-                await old.close()
-            answer = s.local_sdp = await s.pc.answer(msg.sdp)
-            self._secured(s, msg.sdp)
-            if s.call.live:
-                self.signaling.send(p.WebrtcAnswer(to=s.call.caller, call_id=s.call.call_id, sdp=answer,
-                                                   signature=self._sign(s, answer)))
-
-    async def _on_answer(self, s: CallSession, msg: p.WebrtcAnswer) -> None:
-        async with s.lock:
-            if s.pc is not None and s.call.live and self._verify(s, msg):
-                await s.pc.accept_answer(msg.sdp)
-                self._secured(s, msg.sdp)
-
-    # ------------------------------------------------------------ nobody in the middle
-
-    def _sign(self, s: CallSession, sdp: str) -> str | None:
-        """Our signature over the DTLS fingerprints we offer, so that the peer can tell them from a swapped set."""
-        if self.identity is None:
-            return None
-        return self.identity.sign(dtls_payload(s.call.call_id, self.config.user_id, sdp))
-
-    def _peer_key(self, s: CallSession) -> str | None:
-        """The key the peer must have signed with: the one pinned for it, else the one the server shows."""
-        peer = s.call.peer_of(self.config.user_id)
-        info = self.signaling.users.get(peer)
-        return self.pins.keys.get(peer) or (info.key if info is not None else None)
-
-    def _verify(self, s: CallSession, msg: p.WebrtcOffer | p.WebrtcAnswer) -> bool:
-        """Whether the peer's SDP may be used: signed by its key, or it has none (an older client: unverified).
-        A bad or missing signature from a peer that has a key ends the call before any media flows."""
-        key = self._peer_key(s)
-        if key is None:
-            s.verified = False
-            return True
-        peer = s.call.peer_of(self.config.user_id)
-        if msg.signature is not None and verify(key, msg.signature, dtls_payload(s.call.call_id, peer, msg.sdp)):
-            s.verified = True
-            return True
-        log.warning("call %s: %s's %s is not signed by its key: someone may be in the middle; ending the call",
-                    s.call.call_id, peer, msg.type)
-        if self._apply(s, Event.FAIL, "identity_mismatch"):
-            self.signaling.send(p.CallEnded(to=peer, call_id=s.call.call_id, reason="identity_mismatch"))
-        return False
-
-    def _secured(self, s: CallSession, remote_sdp: str) -> None:
-        key = self._peer_key(s)
-        if self.identity is None or key is None or s.local_sdp is None:
-            s.safety_code = None
-        else:
-            s.safety_code = safety_code(self.identity.key, s.local_sdp, key, remote_sdp)
-        self._emit(ev.CallSecurity(s.call.call_id, bool(s.verified), s.safety_code))
-
-    async def _on_candidate(self, s: CallSession, msg: p.WebrtcIceCandidate) -> None:
-        async with s.lock:
-            if s.pc is not None:
-                try:
-                    await s.pc.add_candidate(msg.candidate, msg.sdpMid, msg.sdpMLineIndex)
-                except Exception as exc:  # a malformed candidate from the other side must not end the call
-                    log.warning("call %s: ignored ICE candidate %r: %s", s.call.call_id, msg.candidate, exc)
-
-    # ------------------------------------------------------------ media health
-
-    async def _watch(self, s: CallSession) -> None:
-        """Media up or down from what arrives; repair with a new peer connection when it stays down."""
-        cfg = self.config
-        with contextlib.suppress(asyncio.CancelledError):
-            while s.call.live:
-                await asyncio.sleep(0.1)
-                now = time.monotonic()
-                last = s.received.last_media
-                flowing = last is not None and now - last < cfg.media_timeout
-                if flowing:
-                    s.media_lost_at = None
-                    if s.call.state in (State.CONNECTING, State.RECONNECTING):
-                        self._apply(s, Event.MEDIA_UP)
-                    continue
-                if s.media_lost_at is None:
-                    s.media_lost_at = last if last is not None else (s.accepted_at or now)
-                if s.call.state is State.ACTIVE and now - s.media_lost_at >= cfg.media_timeout:
-                    self._apply(s, Event.MEDIA_DOWN)
-                broken = s.pc_failed or now - s.media_lost_at >= cfg.repair_after
-                if broken and s.echo is not None:
-                    self._fail(s)  # nothing to repair with: the echo is in this process
-                    return
-                if broken and s.direction == "outgoing":
-                    if s.attempts >= cfg.repair_attempts:
-                        self._fail(s)
-                        return
-                    log.info("call %s: media down; repair attempt %d", s.call.call_id, s.attempts)
-                    s.media_lost_at = now
-                    await self._connect(s)
-                elif broken and now - s.media_lost_at >= cfg.repair_after * (cfg.repair_attempts + 1):
-                    self._fail(s)  # the callee gives up when the caller's repairs never brought media back
-                    return
-
-    def _fail(self, s: CallSession) -> None:
-        if self._apply(s, Event.FAIL, "ice_failed") and s.echo is None:
-            self.signaling.send(p.CallEnded(to=s.call.peer_of(self.config.user_id), call_id=s.call.call_id,
-                                            reason="ice_failed"))

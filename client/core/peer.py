@@ -16,6 +16,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from .media import LocalMedia
+from .tasks import Tasks
 from .tracks import dominant_hz, read_counter
 
 log = logging.getLogger("callbox.peer")
@@ -35,11 +36,17 @@ class Received:
     last_media: float | None = None
     counters: list[int] = field(default_factory=list)  # pattern counters read (first and latest kept)
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last second of remote audio blocks
+    final_hz: float | None = None  # the analysis of `recent`, kept when its audio was dropped
 
     def dominant_hz(self) -> float | None:
         if not self.recent:
-            return None
+            return self.final_hz
         return round(dominant_hz(np.concatenate(list(self.recent))), 1)
+
+    def drop_audio(self) -> None:
+        """At teardown: keep what the last second of audio says, not the decoded audio itself."""
+        self.final_hz = self.dominant_hz()
+        self.recent.clear()
 
 
 def ice_config(servers: list[dict]) -> RTCConfiguration:
@@ -50,6 +57,8 @@ def ice_config(servers: list[dict]) -> RTCConfiguration:
 
 
 class PeerSession:
+    """The thin aiortc wrapper: one RTCPeerConnection, our tracks on it, its remote tracks consumed."""
+
     def __init__(self, call_id: str, media: LocalMedia, received: Received, *, kinds: tuple[str, ...],
                  ice_servers: list[dict], analyze_video: bool = False,
                  on_state: Callable[[str], None] = lambda s: None,
@@ -61,7 +70,7 @@ class PeerSession:
         self.analyze_video = analyze_video
         self.on_video = on_video
         self.pc = RTCPeerConnection(ice_config(ice_servers))
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks = Tasks()
         self.senders: dict[str, object] = {}
         self._speaker = None
         self._closed = False
@@ -73,9 +82,7 @@ class PeerSession:
         @self.pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
             consume = self._consume_audio if track.kind == "audio" else self._consume_video
-            task = asyncio.get_running_loop().create_task(consume(track))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks.spawn(consume(track), f"call {call_id} {track.kind} in")
 
     def _add_local_tracks(self) -> None:
         for kind in self.kinds:
@@ -174,9 +181,7 @@ class PeerSession:
             await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT)
         except TimeoutError:
             log.warning("call %s: peer connection did not close within %.0f s", self.call_id, CLOSE_TIMEOUT)
-        for task in list(self.tasks):
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.tasks.close()
         if self._speaker is not None:
             self.media.release_speaker()
             self._speaker = None

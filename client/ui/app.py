@@ -19,6 +19,7 @@ from client.core.media import LocalMedia
 from client.core.ringtone import Ringtone
 from client.core.settings import Profile, Settings, default_name, make_user_id
 from client.core.signaling import ConnState
+from client.core.tasks import Tasks
 
 from .bridge import EngineBridge
 from .main_window import MainWindow
@@ -51,6 +52,7 @@ class App:
         self.quit = asyncio.Event()
         self._named = asyncio.Event()
         self.shown_at: float | None = None
+        self.tasks = Tasks()  # what a click starts and nobody awaits: the sound check, a reconnect
 
     def _real_media(self, s: Settings) -> LocalMedia:
         return LocalMedia(microphone=s.microphone or None, speaker=s.speaker or None, camera=s.camera or None,
@@ -109,7 +111,7 @@ class App:
 
     def on_sound_check(self) -> None:
         if self.engine is not None and self.window.call_page.call_id is None:
-            asyncio.ensure_future(self._sound_check())
+            self.tasks.spawn(self._sound_check(), "sound check")
 
     async def _sound_check(self) -> None:
         page = self.window.call_page
@@ -171,7 +173,7 @@ class App:
             if new.camera:
                 media.switch_camera(new.camera)
         if reconnect and not any(s.call.live for s in (self.engine.sessions.values() if self.engine else [])):
-            asyncio.ensure_future(self._reconnect())
+            self.tasks.spawn(self._reconnect(), "reconnect after settings")
 
     async def _reconnect(self) -> None:
         await self.disconnect()

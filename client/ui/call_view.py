@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from client.core import audio, camera
 from client.core.audio import DeviceMissing
+from client.core.tasks import Tasks
 
 from .bridge import to_qimage
 from .resources import icon
@@ -63,6 +64,7 @@ class CallPage(QWidget):
         self.state = ""
         self.active_since: float | None = None
         self._preview_task: asyncio.Task | None = None
+        self.tasks = Tasks()  # the quality figures and the local preview
         self._bytes = (0, time.monotonic())
 
         self.name = QLabel(objectName="callName")
@@ -279,7 +281,7 @@ class CallPage(QWidget):
 
     def on_stats_timer(self) -> None:
         if self.call_id is not None and self.state in ("active", "reconnecting"):
-            asyncio.ensure_future(self._update_quality(self.call_id))
+            self.tasks.spawn(self._update_quality(self.call_id), "call quality")
 
     async def _update_quality(self, call_id: str) -> None:
         s = await self.engine.stats(call_id)
@@ -304,7 +306,7 @@ class CallPage(QWidget):
     def _start_preview(self) -> None:
         self.preview.show()
         self._place_overlays()
-        self._preview_task = asyncio.ensure_future(self._run_preview())
+        self._preview_task = self.tasks.spawn(self._run_preview(), "camera preview")
 
     async def _run_preview(self) -> None:
         track = self.engine.media.subscribe_video()

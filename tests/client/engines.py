@@ -49,13 +49,15 @@ class Probe:
 
 async def start_engine(url: str, user: str, *, tone: float = 440, video: bool = False,
                        identity: Identity | None = None, keyless: bool = False, pins: Pins | None = None,
-                       **config) -> Probe:
+                       keep_finished: bool = True, **config) -> Probe:
     """An engine with synthetic media and an identity key of its own (a new one unless given; none if keyless,
-    as an older client has)."""
+    as an older client has). It keeps every finished call for the test to look at, unless keep_finished=False
+    (as the app runs it)."""
     media = LocalMedia(tone_hz=tone, pattern=video, playback=False)
     engine = Engine(EngineConfig(server=url, user_id=user, display_name=user.title(), first_retry=0.1,
                                  max_retry=0.5, analyze_video=video, **config), media,
-                    identity=None if keyless else identity or Identity.generate(), pins=pins)
+                    identity=None if keyless else identity or Identity.generate(), pins=pins,
+                    keep_finished=keep_finished)
     probe = Probe(engine)
     engine.subscribe(probe.events.append)
     await engine.start()

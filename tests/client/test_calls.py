@@ -184,10 +184,10 @@ async def test_unrepairable_call_ends_with_ice_failed(server):
         call_id = alice.engine.call("bob")
         await bob.until(lambda: bob.incoming())
 
-        async def ignore_offer(s, sdp):  # bob never answers: no peer connection can come up
+        async def ignore_offer(msg):  # bob never answers: no peer connection can come up
             return None
 
-        bob.engine._on_offer = ignore_offer
+        bob.session(call_id).pair.on_offer = ignore_offer
         bob.engine.accept(call_id)
         await alice.state(call_id, "ended", timeout=15)
         assert alice.ended(call_id).reason == "ice_failed"
