@@ -126,8 +126,9 @@ async def run(args) -> int:
     media = LocalMedia(tone_hz=args.tone, pattern=args.video and synthetic, playback=not synthetic)
     name = args.display_name or args.user
     profile = Profile(args.profile)
+    pins = Pins(profile.pins_path)
     lan = Lan(configured=args.server or "", user_id=args.user, display_name=name, port=args.host_port,
-              data_dir=profile.data_dir)
+              data_dir=profile.data_dir, pins=pins.keys)
     printer = None
     if args.events:
         printer = EventPrinter(None, lan)
@@ -135,7 +136,7 @@ async def run(args) -> int:
     url = await lan.choose()
     engine = Engine(EngineConfig(server=url, user_id=args.user, display_name=name,
                                  token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media,
-                    identity=Identity.load(profile.identity_path), pins=Pins(profile.pins_path), keep_finished=True)
+                    identity=Identity.load(profile.identity_path), pins=pins, keep_finished=True)
     lan.attach(engine)  # first: it learns which server it is on before the printer reports it
     if printer is not None:
         printer.engine = engine

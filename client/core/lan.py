@@ -57,9 +57,12 @@ class Lan:
 
     def __init__(self, *, configured: str, user_id: str, display_name: str, port: int = 8765,
                  host: str = "0.0.0.0", discover: bool = True, interfaces=None, find_timeout: float = FIND_TIMEOUT,
-                 data_dir: Path | None = None):
+                 data_dir: Path | None = None, pins: dict[str, str] | None = None):
         self.configured = configured
         self.data_dir = data_dir  # where a server hosted here keeps who owns which user id (None: in memory)
+        # The keys this app pinned for its contacts (user -> key): a server it hosts starts with them bound, so
+        # that bindings do not start afresh each time another app becomes the LAN's host.
+        self.pins = pins if pins is not None else {}
         self.user_id, self.display_name = user_id, display_name
         self.port, self.host, self.interfaces = port, host, interfaces
         self.find_timeout = find_timeout
@@ -286,6 +289,9 @@ class Lan:
     async def _host(self) -> None:
         config = HubConfig(kind="embedded", host_user=self.user_id)
         server = await start_embedded(self.host, self.port, config, self.data_dir)
+        for user, key in self.pins.items():
+            if server.hub.bindings.key_of(user) is None:
+                server.hub.bindings.bind(user, key)
         self.server = server
         name = f"Callbox ({self.display_name})"
         if self.view is not None:

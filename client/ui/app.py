@@ -83,13 +83,14 @@ class App:
         s = self.settings
         self.window.set_connection("connecting", "looking for a Callbox server on the network…"
                                    if not s.server else "")
+        pins = Pins(self.profile.pins_path)
         self.lan = Lan(configured=s.server, user_id=s.user_id, display_name=s.display_name, port=s.host_port,
                        host=self.host, discover=self.discover, interfaces=self.interfaces,
-                       data_dir=self.profile.data_dir)
+                       data_dir=self.profile.data_dir, pins=pins.keys)
         url = await self.lan.choose()
         engine = Engine(EngineConfig(server=url, user_id=s.user_id, display_name=s.display_name,
                                      token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s),
-                        identity=Identity.load(self.profile.identity_path), pins=Pins(self.profile.pins_path))
+                        identity=Identity.load(self.profile.identity_path), pins=pins)
         engine.subscribe(recorder(self.history))
         self.bridge = EngineBridge(engine, self.window)
         self.lan.subscribe(self.bridge.on_event)

@@ -225,3 +225,24 @@ async def test_survivors_take_turns_by_user_id_leaving_out_the_lost_host_and_the
     lan.engine = engine
     assert lan._host_turn() == 1  # ben, then cat: ann hosted the server that was lost, aaron was gone already
     engine.media.close()
+
+
+async def test_a_new_host_starts_with_the_keys_its_app_pinned_bound():
+    """Bindings must not start afresh each time another app hosts: a server hosted here binds at once the
+    contacts' keys this app pinned, so an impostor of a known contact is refused there too."""
+    from client.core.identity import Identity
+    from tests.server.test_identity import keyed
+
+    alice, mallory = Identity.generate(), Identity.generate()
+    lan = Lan(configured="", user_id="ben", display_name="Ben", port=0, host="127.0.0.1", discover=False,
+              pins={"alice": alice.key})
+    url = await lan.choose()
+    try:
+        impostor = await keyed(url, "alice", mallory)
+        assert impostor.welcome["code"] == "key_mismatch"
+        await impostor.close()
+        real = await keyed(url, "alice", alice)
+        assert real.welcome["type"] == "connection_established"
+        await real.close()
+    finally:
+        await lan.stop()
