@@ -47,7 +47,7 @@ async def failover_trial() -> float:
         nodes = await asyncio.gather(*(Node.start(lan, u) for u in ("ann", "ben", "cat")))
         first, _ = await one_server(nodes, 20)
         await asyncio.sleep(1.0)
-        host = host_of(nodes)
+        host = await host_of(nodes)
         host.proc.kill()
         killed = time.monotonic()
         _, at = await one_server([n for n in nodes if n is not host], 20, other_than=first)
@@ -88,7 +88,7 @@ async def idle_cpu(seconds: float) -> tuple[float, float, float]:
     async with Lan() as lan:
         nodes = await asyncio.gather(*(Node.start(lan, u) for u in ("ann", "ben", "cat")))
         await one_server(nodes, 20)
-        host = host_of(nodes)
+        host = await host_of(nodes)
         guest = next(n for n in nodes if n is not host)
         port = host.events("hosting")[-1]["server"].rsplit(":", 1)[1]
         fixed = await Node.start(lan, "dan", "--server", f"ws://127.0.0.1:{port}")

@@ -85,7 +85,12 @@ def describe(nodes: list[Node]) -> str:
                      for n in nodes)
 
 
-def host_of(nodes: list[Node]) -> Node:
-    hosts = [n for n in nodes if n.hosting]
-    assert len(hosts) == 1, f"hosts: {[n.user for n in hosts]}\n{describe(nodes)}"
+async def host_of(nodes: list[Node], timeout: float = 5.0) -> Node:
+    """The one node that hosts. Its `hosting` event comes once its advertisement is out, which can be after the
+    others (and its own client) already reached its server, so this waits a little for it."""
+    deadline = time.monotonic() + timeout
+    while len(hosts := [n for n in nodes if n.hosting]) != 1:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hosts: {[n.user for n in hosts]}\n{describe(nodes)}")
+        await asyncio.sleep(0.02)
     return hosts[0]

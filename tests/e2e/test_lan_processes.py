@@ -30,7 +30,7 @@ async def test_three_start_together_the_host_is_killed_and_a_fourth_calls_with_n
         started = time.monotonic()
         first, at = await one_server(nodes, 12)
         print(f"three started together: one server after {at - started:.2f} s")
-        host = host_of(nodes)
+        host = await host_of(nodes)
         host.proc.kill()
         killed = time.monotonic()
         survivors = [n for n in nodes if n is not host]
@@ -50,7 +50,7 @@ async def test_five_simultaneous_starts_end_on_one_server(lab):
     async with Lan() as lan:
         nodes = await asyncio.gather(*(Node.start(lan, f"u{i}") for i in range(5)))
         server, _ = await one_server(nodes, 15)
-        assert host_of(nodes).server == server
+        assert (await host_of(nodes)).server == server
         hosted = [n.user for n in nodes if n.events("hosting")]
         print(f"{len(hosted)} of 5 hosted at first; all on one server now")
 
@@ -61,11 +61,11 @@ async def test_the_host_quits_cleanly_and_the_others_reconvene(lab):
         await nodes[0].proc.wait_event("hosting", 15)
         nodes += await asyncio.gather(*(Node.start(lan, u) for u in ("ben", "cat")))
         first, _ = await one_server(nodes, 15)
-        host = host_of(nodes)
+        host = await host_of(nodes)
         assert host.user == "ann"
         assert await host.proc.terminate(5) == 0, host.proc.stderr_tail()
         await one_server(nodes[1:], 8, other_than=first)
-        assert host_of(nodes[1:]).user == "ben", "the survivors host in the order of their ids"
+        assert (await host_of(nodes[1:])).user == "ben", "the survivors host in the order of their ids"
 
 
 async def test_a_call_between_two_guests_goes_on_through_the_hosts_death(lab):
