@@ -182,6 +182,13 @@ class App:
 
     async def shutdown(self) -> None:
         self.profile.save_window_state({"geometry": bytes(self.window.saveGeometry()).hex()})
+        # A reconnect still under way would start its engine after disconnect() stopped it, and leave it
+        # running: let it finish first (it takes at most the LAN's look-around), then cancel what is left.
+        try:
+            await asyncio.wait_for(self.tasks.wait(), 10)
+        except TimeoutError:
+            log.warning("background work did not finish in 10 s; cancelling it")
+        await self.tasks.close()
         await self.disconnect()
         if self.window.ringtone is not None:
             self.window.ringtone.stop()
