@@ -109,7 +109,7 @@ class Engine:
         self.finished: list[CallSession] | deque[CallSession] = [] if keep_finished else deque(
             maxlen=RECENT_FINISHED)
         self._glare_losers: deque[str] = deque(maxlen=GLARE_LOSERS_KEPT)
-        self._listeners: list[Callable[[object], None]] = []
+        self._listeners = ev.Listeners()
         self._teardowns = Tasks()
         self.signaling = SignalingClient(
             config.server, config.user_id, config.display_name, token=config.token,
@@ -120,14 +120,10 @@ class Engine:
     # ------------------------------------------------------------ lifecycle and listeners
 
     def subscribe(self, listener: Callable[[object], None]) -> None:
-        self._listeners.append(listener)
+        self._listeners.subscribe(listener)
 
     def _emit(self, event: object) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("listener failed on %s", type(event).__name__)
+        self._listeners.emit(event)
 
     async def start(self) -> None:
         self.media.check_devices()

@@ -1,10 +1,30 @@
-"""What the engine tells its listeners (the Qt bridge, the headless runner, tests): one frozen dataclass per event."""
+"""What the engine and the LAN tell their listeners: the events (one frozen dataclass each), and the fan-out."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.protocol import UserInfo
+
+
+class Listeners:
+    """Who hears a source's events (the engine's, the LAN's): each in turn, one failing listener logged, not
+    stopping the others."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[object], None]] = []
+
+    def subscribe(self, listener: Callable[[object], None]) -> None:
+        self._listeners.append(listener)
+
+    def emit(self, event: object) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                logging.getLogger("callbox.events").exception("listener failed on %s", type(event).__name__)
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Lan:
         self.advertiser: Advertiser | None = None
         self.retired: list[SignalingServer] = []  # ours, handed over, stopped once empty
         self.engine = None
-        self._listeners: list = []
+        self._listeners = ev.Listeners()
         self._task: asyncio.Task | None = None
         self._lost_since: float | None = None
         self._host_at: float | None = None
@@ -82,7 +82,7 @@ class Lan:
     # ------------------------------------------------------------ public
 
     def subscribe(self, listener) -> None:
-        self._listeners.append(listener)
+        self._listeners.subscribe(listener)
 
     @property
     def hosting(self) -> bool:
@@ -145,11 +145,7 @@ class Lan:
     # ------------------------------------------------------------ events
 
     def _emit(self, event) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("listener failed on %s", type(event).__name__)
+        self._listeners.emit(event)
 
     def _on_engine(self, e) -> None:
         if isinstance(e, ev.ConnectionChanged):
