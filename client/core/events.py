@@ -123,10 +123,77 @@ class CallSecurity:
 
 
 @dataclass(frozen=True)
+class ChatLine:
+    """One line of a room's chat or of a direct conversation."""
+
+    sender: str  # user id; "" for a line the app writes (someone joined or left)
+    name: str  # the sender's display name, or the subject's for a system line
+    text: str
+    ts: float  # wall clock, seconds
+    kind: str = "text"  # text, joined, left, gap
+    mine: bool = False
+    id: str | None = None
+    delivered: bool | None = None  # direct lines only: False once the server said it was not delivered
+
+
+@dataclass(frozen=True)
+class RoomsChanged:
+    """The rooms this user is in, or their unread counts, changed."""
+
+    rooms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RoomChanged:
+    """A room's members or the people in its call changed."""
+
+    room: str
+
+
+@dataclass(frozen=True)
+class RoomText:
+    room: str
+    line: ChatLine
+
+
+@dataclass(frozen=True)
+class DirectText:
+    peer: str  # the other person of the conversation
+    line: ChatLine
+
+
+@dataclass(frozen=True)
+class ChatStatus:
+    """A direct line was not delivered (the recipient has no session)."""
+
+    peer: str
+    id: str
+    delivered: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoomCallChanged:
+    room: str
+    state: str  # joining, active, left
+    media: tuple[str, ...]  # what we send in it, as the server granted
+    notice: str | None = None  # e.g. why we joined with audio only
+    reason: str | None = None  # why we left, or were refused
+
+
+@dataclass(frozen=True)
+class RoomVideo:
+    room: str
+    peer: str
+    frame: object  # av.VideoFrame
+
+
+@dataclass(frozen=True)
 class RemoteVideo:
     call_id: str
     frame: object  # av.VideoFrame
 
 
 Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | ChannelText
-         | Redirected | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo)
+         | Redirected | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo | RoomsChanged | RoomChanged
+         | RoomText | DirectText | ChatStatus | RoomCallChanged | RoomVideo)

@@ -28,6 +28,7 @@ class Settings:
     ice_servers: list[dict] = field(default_factory=list)  # [{"urls": "stun:host:3478"}, ...]; none on a LAN
     echo_cancellation: bool = True
     host_port: int = 8765  # the port the embedded server tries first
+    rooms: list[str] = field(default_factory=list)  # rooms joined, rejoined at start
 
     @classmethod
     def fields(cls) -> list[str]:
