@@ -117,6 +117,22 @@ class Session:
 
 
 @dataclass
+class RoomCall:
+    """A room's call: who is in it, in the order they joined, and what each sends."""
+
+    call_id: str
+    channel: str
+    media: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def participants(self, *, besides: str | None = None) -> tuple[p.Participant, ...]:
+        return tuple(p.Participant(user_id=u, media=m) for u, m in self.media.items() if u != besides)
+
+    @property
+    def video(self) -> int:
+        return sum("video" in m for m in self.media.values())
+
+
+@dataclass
 class _Claim:
     """One side of a call that a restarted server is asked to restore (hello.calls)."""
 
@@ -139,6 +155,9 @@ class Hub:
         self.channels: dict[str, set[str]] = {}
         self.claims: dict[str, _Claim] = {}
         self.in_call: dict[str, Call] = {}  # user -> its established call
+        self.room_calls: dict[str, RoomCall] = {}  # channel -> its call, while anyone is in it
+        self.room_call_ids: dict[str, RoomCall] = {}  # call id -> the same room calls
+        self.in_room_call: dict[str, RoomCall] = {}  # user -> the room call it is in
         self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
         self._skeletons: dict[str, str] = {}  # the skeleton of each id with a session -> that id (shared.names)
@@ -302,6 +321,17 @@ class Hub:
             assert members, f"empty channel {ch} kept"
             for u in members:
                 assert ch in self.sessions[u].channels
+        in_room = {}
+        for ch, rc in self.room_calls.items():
+            assert rc.media, f"empty room call {rc.call_id} kept"
+            assert rc.channel == ch and self.room_call_ids[rc.call_id] is rc
+            assert len(rc.media) <= p.ROOM_CALL_PEOPLE and rc.video <= p.ROOM_CALL_VIDEO
+            for u in rc.media:
+                assert u in self.channels[ch], f"{u} is in the call of {ch} but not in {ch}"
+                assert u not in established, f"{u} is in a room call and a 1:1 call"
+                in_room[u] = rc
+        assert in_room == self.in_room_call, "in_room_call out of step with room calls"
+        assert len(self.room_call_ids) == len(self.room_calls)
 
     # ---------------------------------------------------------------- session
 
@@ -432,7 +462,7 @@ class Hub:
             self._to_user(peer, p.CallEnded(call_id=call.call_id, sender=s.user_id, reason="peer_disconnected"))
             self._forget_call(call)
         for ch in list(s.channels):
-            self._leave_channel(s, ch)
+            self._leave_channel(s, ch, "peer_disconnected")
         if s.conn is not None:
             self.conns[s.conn].user = None
         for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
@@ -481,6 +511,16 @@ class Hub:
                 return
             out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
             self._to_users(members, out, gap=msg.channel)
+        elif isinstance(msg, p.Chat):
+            self._chat(user, conn, msg)
+        elif isinstance(msg, p.RoomCallJoin):
+            self._room_call_join(user, conn, msg)
+        elif isinstance(msg, p.RoomCallLeave):
+            rc = self.in_room_call.get(user)
+            if rc is None or rc.channel != msg.channel:
+                self._error(conn, p.BAD_MESSAGE, f"you are not in the call of room '{msg.channel}'", msg.channel)
+            else:
+                self._leave_room_call(user, rc, "left")
         elif isinstance(msg, p.Hello):
             self._error(conn, p.BAD_MESSAGE, "hello was already received on this connection", "hello")
         elif isinstance(msg, p.Bye):
@@ -500,10 +540,15 @@ class Hub:
             members.add(user)
             s.channels.add(msg.channel)
         members = self.channels[msg.channel]
-        self._send(conn, p.Joined(channel=msg.channel,
+        rc = self.room_calls.get(msg.channel)
+        call = p.RoomCallInfo(call_id=rc.call_id, participants=rc.participants()) if rc is not None else None
+        self._send(conn, p.Joined(channel=msg.channel, call=call,
                                   members=tuple(self._info(self.sessions[u]) for u in sorted(members))))
 
-    def _leave_channel(self, s: Session, channel: str) -> None:
+    def _leave_channel(self, s: Session, channel: str, why: str = "left_room") -> None:
+        rc = self.in_room_call.get(s.user_id)
+        if rc is not None and rc.channel == channel:
+            self._leave_room_call(s.user_id, rc, why)
         s.channels.discard(channel)
         members = self.channels.get(channel)
         if members is None:
@@ -514,6 +559,70 @@ class Hub:
         else:
             del self.channels[channel]
 
+    # ---------------------------------------------------------------- direct chat and room calls
+
+    def _chat(self, user: str, conn: Conn, msg: p.Chat) -> None:
+        if msg.to is None:
+            self._error(conn, p.BAD_MESSAGE, "field 'to' is missing", msg.id)
+        elif msg.to == user:
+            self._error(conn, p.BAD_MESSAGE, "you cannot chat with yourself", msg.id)
+        elif msg.to not in self.sessions:
+            self._error(conn, p.USER_OFFLINE, f"'{msg.to}' is not online; your message was not delivered", msg.id)
+        else:
+            self._to_user(msg.to, p.Chat(id=msg.id, text=msg.text, sender=user, ts=round(self.wall(), 3)))
+
+    def _room_call_join(self, user: str, conn: Conn, msg: p.RoomCallJoin) -> None:
+        channel = msg.channel
+        if channel not in self.sessions[user].channels:
+            self._error(conn, p.BAD_MESSAGE, f"join room '{channel}' before its call", channel)
+            return
+        if self.call_of(user) is not None:
+            self._error(conn, p.BUSY, "you are in a call; hang up before joining a room's call", channel)
+            return
+        rc = self.room_calls.get(channel)
+        mine = self.in_room_call.get(user)
+        if mine is not None and mine is not rc:
+            self._leave_room_call(user, mine, "left")  # one room call at a time: joining another leaves this one
+        if rc is not None and user in rc.media:  # already in: the same answer again
+            self._send(conn, p.RoomCallJoined(channel=channel, call_id=rc.call_id, media=rc.media[user],
+                                              participants=rc.participants(besides=user)))
+            return
+        if rc is not None and len(rc.media) >= p.ROOM_CALL_PEOPLE:
+            self._error(conn, p.ROOM_FULL, f"the call in room '{channel}' has {len(rc.media)} people, the most "
+                        "a call can have", channel)
+            return
+        if rc is None:
+            wanted = msg.call_id
+            taken = wanted is None or wanted in self.calls or wanted in self.room_call_ids
+            rc = RoomCall(f"room-{secrets.token_hex(6)}" if taken else wanted, channel)
+            self.room_calls[channel] = self.room_call_ids[rc.call_id] = rc
+        media, notice = msg.media, None
+        if "video" in media and rc.video >= p.ROOM_CALL_VIDEO:
+            media = tuple(k for k in media if k != "video") or ("audio",)
+            notice = (f"video is limited to {p.ROOM_CALL_VIDEO} people in a call, and {rc.video} send it; you "
+                      "joined with audio only")
+        others = rc.participants()
+        rc.media[user] = media
+        self.in_room_call[user] = rc
+        self._send(conn, p.RoomCallJoined(channel=channel, call_id=rc.call_id, media=media, participants=others,
+                                          notice=notice))
+        self._to_users(self.channels[channel], p.RoomCallMember(channel=channel, call_id=rc.call_id,
+                                                                user_id=user, event="joined", media=media))
+        self._refresh(self.sessions[user])
+
+    def _leave_room_call(self, user: str, rc: RoomCall, reason: str) -> None:
+        del rc.media[user]
+        del self.in_room_call[user]
+        members = [u for u in self.channels.get(rc.channel, ()) if u in self.sessions]  # a session ending is gone
+        self._to_users(members, p.RoomCallMember(
+            channel=rc.channel, call_id=rc.call_id, user_id=user, event="left", reason=reason))
+        if not rc.media:
+            del self.room_calls[rc.channel]
+            del self.room_call_ids[rc.call_id]
+        s = self.sessions.get(user)
+        if s is not None:
+            self._refresh(s)
+
     # ---------------------------------------------------------------- calls
 
     def _relay(self, user: str, conn: Conn, msg: p.Relayed, now: float) -> None:
@@ -522,6 +631,16 @@ class Hub:
             return
         if isinstance(msg, p.CallIncoming):
             self._call_incoming(user, conn, msg, now)
+            return
+        rc = self.room_call_ids.get(msg.call_id)
+        if rc is not None:
+            if not isinstance(msg, (p.WebrtcOffer, p.WebrtcAnswer, p.WebrtcIceCandidate)):
+                self._error(conn, p.INVALID_STATE, f"'{msg.type}' has no place in a room's call; send "
+                            "room_call_leave to leave it", msg.call_id)
+            elif user not in rc.media or msg.to not in rc.media or msg.to == user:
+                self._error(conn, p.NOT_IN_CALL, f"you are not in call '{msg.call_id}' with '{msg.to}'", msg.call_id)
+            else:
+                self._to_user(msg.to, msg.routed(user))
             return
         call = self.calls.get(msg.call_id)
         if call is None or not call.involves(user) or call.peer_of(user) != msg.to:
@@ -555,6 +674,8 @@ class Hub:
             other = self.call_of(party)
             if other is not None and other is not call:
                 raise _Refused(p.BUSY, f"'{party}' is already in call '{other.call_id}'")
+            if party in self.in_room_call:
+                raise _Refused(p.BUSY, f"'{party}' is in the call of room '{self.in_room_call[party].channel}'")
         call.apply(Event.ACCEPT, now=now)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
@@ -567,7 +688,7 @@ class Hub:
         if callee == user:
             self._error(conn, p.BAD_MESSAGE, "you cannot call yourself", msg.call_id)
             return
-        if msg.call_id in self.calls:
+        if msg.call_id in self.calls or msg.call_id in self.room_call_ids:
             self._error(conn, p.BAD_MESSAGE, f"call_id '{msg.call_id}' is already in use", msg.call_id)
             return
         if callee not in self.sessions:
@@ -591,8 +712,9 @@ class Hub:
                                              display_name=caller.display_name))
 
     def _engaged(self, user: str, *, besides: str) -> bool:
-        """In an established call, or ringing with someone other than `besides` (glare with them is allowed)."""
-        return any(
+        """In a room's call or an established call, or ringing with someone other than `besides` (glare with them
+        is allowed)."""
+        return user in self.in_room_call or any(
             c.involves(user) and (c.established or c.peer_of(user) != besides) for c in self.calls.values()
         )
 
@@ -612,7 +734,8 @@ class Hub:
     def _derive_status(self, s: Session) -> str:
         if s.conn is None:
             return "reconnecting"
-        return "in_call" if self.call_of(s.user_id) is not None else "online"
+        in_call = self.call_of(s.user_id) is not None or s.user_id in self.in_room_call
+        return "in_call" if in_call else "online"
 
     def _refresh(self, s: Session) -> None:
         status = self._derive_status(s)

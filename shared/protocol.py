@@ -24,6 +24,9 @@ MAX_SDP = 60 * 1024
 MAX_CANDIDATE = 1024
 MAX_SERVER_ID = 64
 MAX_URL = 2048
+MAX_CHAT_ID = 64
+ROOM_CALL_PEOPLE = 8  # people in one room call (a full mesh: each sends to every other)
+ROOM_CALL_VIDEO = 4  # ... of whom this many may send video; later ones join with audio only
 
 # HTTP headers of the transport (docs/protocol.md section 1).
 SERVER_ID_HEADER = "Callbox-Server-Id"  # in the answer to GET /health: which server this is
@@ -48,6 +51,7 @@ PROOF_REQUIRED = "proof_required"  # hello has a key but no proof: `ref` is the 
 BAD_PROOF = "bad_proof"
 KEY_MISMATCH = "key_mismatch"  # the user id belongs to another key on this server
 LOOKALIKE_ID = "lookalike_id"  # the user id looks like one that someone else uses on this server
+ROOM_FULL = "room_full"  # the room's call has ROOM_CALL_PEOPLE people already
 
 _IDENT = re.compile(r"[\w.@+\-]+")
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
@@ -314,6 +318,22 @@ class ActiveCall(Message):
     media: tuple[str, ...] = spec(media, default=("audio",))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Participant(Message):
+    """Someone in a room's call, and what they send in it."""
+
+    user_id: str = spec(USER_ID)
+    media: tuple[str, ...] = spec(media, default=("audio",))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomCallInfo(Message):
+    """A room's call as a newcomer to the room sees it (in `joined`)."""
+
+    call_id: str = spec(CALL_ID)
+    participants: tuple[Participant, ...] = spec(list_of(Participant, ROOM_CALL_PEOPLE))
+
+
 # -- session --
 
 
@@ -458,6 +478,7 @@ class Joined(Message):
     type: ClassVar[str] = "joined"
     channel: str = spec(CHANNEL)
     members: tuple[UserInfo, ...] = spec(list_of(UserInfo))
+    call: RoomCallInfo | None = spec(nullable(obj(RoomCallInfo)), default=None)  # the room's call, if it has one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -501,12 +522,72 @@ class ChannelGap(Message):
     missed: int = spec(integer(1, 2**53))
 
 
+# -- direct chat --
+
+
+@dataclass(frozen=True, kw_only=True)
+class Chat(Message):
+    """A line of text to one person, relayed like the call messages: the sender writes `to`, the receiver reads
+    `from` and `ts`; `id` (the sender's) names it in a `user_offline` error when it could not be delivered."""
+
+    type: ClassVar[str] = "chat"
+    id: str = spec(ident(MAX_CHAT_ID))
+    text: str = spec(text(MAX_TEXT))
+    to: str | None = spec(nullable(USER_ID), default=None)
+    sender: str | None = spec(nullable(USER_ID), key="from", default=None)
+    ts: float | None = spec(nullable(number), default=None)
+
+
+# -- room calls: a full mesh among the members of a channel who joined its call --
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomCallJoin(Message):
+    type: ClassVar[str] = "room_call_join"
+    channel: str = spec(CHANNEL)
+    media: tuple[str, ...] = spec(media, default=("audio",))
+    # The call it was in when the server restarted: a room with no call yet starts its call under this id.
+    call_id: str | None = spec(nullable(CALL_ID), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomCallJoined(Message):
+    """Server to the joiner: you are in; offer to each of `participants` (everyone else in the call)."""
+
+    type: ClassVar[str] = "room_call_joined"
+    channel: str = spec(CHANNEL)
+    call_id: str = spec(CALL_ID)
+    media: tuple[str, ...] = spec(media)  # what you may send: less than asked when video is full
+    participants: tuple[Participant, ...] = spec(list_of(Participant, ROOM_CALL_PEOPLE))
+    notice: str | None = spec(nullable(text(200)), default=None)  # why you got less than you asked for
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomCallMember(Message):
+    """Server to every member of the channel, the subject too: someone joined or left the room's call."""
+
+    type: ClassVar[str] = "room_call_member"
+    channel: str = spec(CHANNEL)
+    call_id: str = spec(CALL_ID)
+    user_id: str = spec(USER_ID)
+    event: str = spec(one_of("joined", "left"))
+    media: tuple[str, ...] | None = spec(nullable(media), default=None)  # joined: what they send
+    reason: str | None = spec(nullable(REASON), default=None)  # left: left, left_room, peer_disconnected
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomCallLeave(Message):
+    type: ClassVar[str] = "room_call_leave"
+    channel: str = spec(CHANNEL)
+
+
 # Messages a client may send; the server refuses any other type with `unknown_type`.
 CLIENT_TYPES = frozenset(
     t.type
     for t in (
         Hello, Bye, CallIncoming, CallAccepted, CallRejected, CallEnded,
-        WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage,
+        WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage, Chat, RoomCallJoin,
+        RoomCallLeave,
     )
 )
 

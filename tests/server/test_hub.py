@@ -279,6 +279,13 @@ def messages():
         st.builds(lambda t, ch: {"type": t, "channel": ch}, st.sampled_from(["join", "leave"]),
                   st.sampled_from(["a", "b"])),
         st.builds(lambda ch: {"type": "channel_message", "channel": ch, "text": "hi"}, st.sampled_from(["a", "b"])),
+        st.builds(lambda ch, m, c: {"type": "room_call_join", "channel": ch, "media": m, **c},
+                  st.sampled_from(["a", "b"]), st.sampled_from([["audio"], ["audio", "video"]]),
+                  st.sampled_from([{}, {"call_id": "c1"}, {"call_id": "r1"}])),
+        st.builds(lambda ch: {"type": "room_call_leave", "channel": ch}, st.sampled_from(["a", "b"])),
+        st.builds(lambda to, c: {"type": "webrtc_answer", "to": to, "call_id": c, "sdp": "v=0"}, user,
+                  st.sampled_from(["r1", "c1"])),
+        st.builds(lambda to: {"type": "chat", "to": to, "id": "m1", "text": "hi"}, user),
         st.just({"type": "bye"}),
         st.sampled_from(["{", "[]", '{"type":"nope"}', '{"type":"call_accepted"}']),
     )
