@@ -12,6 +12,8 @@ import time
 
 from .core import events as ev
 from .core.engine import CallSession, Engine, EngineConfig
+from .core.peer import Received
+from .core.rooms import PeerRecord, RoomCall
 from .core.identity import Identity, Pins
 from .core.lan import Lan
 from .core.media import LocalMedia
@@ -35,7 +37,10 @@ def add_arguments(ap) -> None:
     g.add_argument("--video", action="store_true", help="video too (a test pattern when there is no camera)")
     g.add_argument("--auto-answer", action="store_true", help="accept incoming calls")
     g.add_argument("--tone", type=float, metavar="HZ", help="send a sine tone instead of the microphone")
-    g.add_argument("--duration", type=float, metavar="SECONDS", help="hang up this long after the call is active")
+    g.add_argument("--duration", type=float, metavar="SECONDS",
+                   help="hang up this long after the call is active (with --room: leave this long after joining)")
+    g.add_argument("--room", metavar="NAME", help="join this room and its call")
+    g.add_argument("--say", metavar="TEXT", help="with --room: send this chat line once joined")
     g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
     g.add_argument("--stay", action="store_true",
                    help="keep running when calls end (answering more with --auto-answer), until SIGINT or SIGTERM")
@@ -72,6 +77,14 @@ class EventPrinter:
             self._presence(e.users)
         elif isinstance(e, ev.CallChanged):
             self.print("call", call_id=e.call_id, peer=e.peer, state=e.state, reason=e.reason)
+        elif isinstance(e, ev.RoomCallChanged):
+            self.print("room_call", room=e.room, state=e.state, media=list(e.media), notice=e.notice, reason=e.reason)
+        elif isinstance(e, ev.RoomChanged):
+            room = self.engine.rooms.get(e.room)
+            if room is not None:
+                self.print("room", room=e.room, members=room.members, call=sorted(room.call))
+        elif isinstance(e, ev.RoomText):
+            self.print("room_text", room=e.room, sender=e.line.sender, text=e.line.text, kind=e.line.kind)
         elif isinstance(e, ev.KeyChanged):
             self.print("key_changed", user_id=e.user_id, pinned=e.pinned, seen=e.seen)
         elif isinstance(e, ev.Hosting):
@@ -88,6 +101,11 @@ class EventPrinter:
                 if s.call.established:
                     self.print("media", call_id=s.call.call_id, audio_frames=s.received.audio_frames,
                                video_frames=s.received.video_frames)
+            rc = self.engine.room_call
+            if rc is not None and rc.call_id is not None:
+                for user, pair in list(rc.pairs.items()):
+                    self.print("media", call_id=rc.call_id, peer=user, audio_frames=pair.received.audio_frames,
+                               video_frames=pair.received.video_frames)
 
     def _presence(self, users) -> None:
         now = {u.user_id: u.status for u in users}
@@ -97,6 +115,16 @@ class EventPrinter:
         for user in self.seen.keys() - now.keys():
             self.print("presence", user_id=user, status="offline")
         self.seen = now
+
+
+def media_report(r: Received) -> dict:
+    """What arrived of one stream: its audio's frames and tone, its video's frames, size and pattern counters."""
+    return {
+        "audio": {"frames": r.audio_frames, "dominant_hz": r.dominant_hz()},
+        "video": {"frames": r.video_frames, "width": r.width, "height": r.height,
+                  "counter_first": r.counters[0] if r.counters else None,
+                  "counter_last": r.counters[-1] if r.counters else None},
+    }
 
 
 def call_report(s: CallSession) -> dict:
@@ -109,14 +137,36 @@ def call_report(s: CallSession) -> dict:
         "media": list(s.call.media),
         "states": [{"state": st, "time": round(t, 3)} for st, t in s.times],
         "setup_ms": round((r.first_audio - accepted) * 1000, 1) if r.first_audio and accepted else None,
-        "audio": {"frames": r.audio_frames, "dominant_hz": r.dominant_hz()},
-        "video": {"frames": r.video_frames, "width": r.width, "height": r.height,
-                  "counter_first": r.counters[0] if r.counters else None,
-                  "counter_last": r.counters[-1] if r.counters else None},
+        **media_report(r),
         "peer_connections": s.attempts,
         "verified": bool(s.verified),  # the peer signed its media fingerprints with its pinned key
         "safety_code": s.safety_code,
         "end_reason": s.call.reason if not s.call.live else None,
+    }
+
+
+def peer_report(records: list[PeerRecord]) -> dict:
+    """One participant of a room call, over every pair we had with them (a rejoin makes a new one): the latest
+    pair's media, frames counted over all of them."""
+    last = records[-1]
+    out = media_report(last.received)
+    out["audio"]["frames"] = sum(r.received.audio_frames for r in records)
+    out["video"]["frames"] = sum(r.received.video_frames for r in records)
+    if out["audio"]["dominant_hz"] is None:
+        out["audio"]["dominant_hz"] = next((r.received.dominant_hz() for r in reversed(records)
+                                           if r.received.audio_frames), None)
+    return {**out, "peer_connections": sum(r.peer_connections for r in records), "end_reason": last.end_reason}
+
+
+def room_report(c: RoomCall, engine: Engine) -> dict:
+    room = engine.rooms.get(c.room)
+    lines = room.lines if room is not None else []
+    users = sorted(set(c.ended) | set(c.pairs))
+    return {
+        "room": c.room, "call_id": c.call_id, "media": list(c.media), "notice": c.notice,
+        "joined_at": c.joined_at, "left_at": c.left_at, "end_reason": c.reason,
+        "peers": {u: peer_report(c.records(u)) for u in users},
+        "messages": [{"from": x.sender, "text": x.text, "time": x.ts} for x in lines if x.kind == "text"],
     }
 
 
@@ -155,6 +205,13 @@ async def run(args) -> int:
             if e.state == "ended" and e.call_id in mine and not args.stay and not any(
                     s.call.live for s in engine.sessions.values() if s.call.call_id in mine - {e.call_id}):
                 done.set()
+        elif isinstance(e, ev.RoomCallChanged):
+            log.info("room %s call: %s%s%s", e.room, e.state, f" ({e.reason})" if e.reason else "",
+                     f"; {e.notice}" if e.notice else "")
+            if e.state == "active" and args.duration is not None and not room_timer:
+                room_timer.append(asyncio.get_running_loop().call_later(args.duration, engine.leave_room_call))
+            if e.state == "left" and not args.stay:
+                done.set()
         elif isinstance(e, ev.ConnectionChanged):
             log.info("signaling %s%s", e.state, f": {e.reason}" if e.reason else "")
             if e.state == "offline" and e.reason != "stopped":
@@ -165,6 +222,7 @@ async def run(args) -> int:
         elif isinstance(e, ev.ServerError):
             log.warning("server: %s (%s)", e.message, e.code)
 
+    room_timer: list[asyncio.TimerHandle] = []
     engine.subscribe(on_event)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -177,6 +235,11 @@ async def run(args) -> int:
                 log.error("%s did not come online within %.0f s", args.call, WAIT_FOR_PEER)
                 return 1
             engine.call(args.call, video=args.video)
+        if args.room:
+            engine.join_room(args.room)
+            if args.say:
+                engine.say(args.room, args.say)
+            engine.join_room_call(args.room, video=args.video)
         await done.wait()
     finally:
         if reporter is not None:
@@ -185,14 +248,17 @@ async def run(args) -> int:
         await lan.stop()
         await asyncio.sleep(0)
         calls = [call_report(s) for s in engine.finished]
+        rooms = [room_report(c, engine) for c in engine.room_calls_finished]
         if args.report:
             with open(args.report, "w") as f:
                 json.dump({"user": args.user, "identity": engine.identity.fingerprint,
                            "connects": engine.signaling.connects, "devices": media.problems,
                            "key_warnings": [dataclasses.asdict(w) for w in engine.key_warnings.values()],
-                           "calls": calls}, f, indent=2)
+                           "calls": calls, "rooms": rooms}, f, indent=2)
     if ended_for_good.is_set():
         return 1
+    if args.room:
+        return 0 if rooms and all(r["joined_at"] is not None for r in rooms) else 1
     judged = [c for c in calls if c["call_id"] in mine]
     ok = bool(judged) and all(c["end_reason"] in NORMAL_ENDS and any(st["state"] == "active" for st in c["states"])
                               for c in judged)

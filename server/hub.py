@@ -30,6 +30,8 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_REPLACED = 4000  # a resumed connection took this one's place
 CLAIM_TTL = 60.0  # seconds a restored-call claim (hello.calls) waits for the other party
+HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
+HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
 
 
 # ---- what the hub asks the transport to do, in order ----
@@ -153,6 +155,7 @@ class Hub:
         self.calls: dict[str, Call] = {}
         self.call_deadlines: dict[str, float] = {}
         self.channels: dict[str, set[str]] = {}
+        self.history: dict[str, deque[str]] = {}  # channel -> its latest channel_message frames, while it exists
         self.claims: dict[str, _Claim] = {}
         self.in_call: dict[str, Call] = {}  # user -> its established call
         self.room_calls: dict[str, RoomCall] = {}  # channel -> its call, while anyone is in it
@@ -511,6 +514,7 @@ class Hub:
                 return
             out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
             self._to_users(members, out, gap=msg.channel)
+            self._keep(msg.channel, out.encode())
         elif isinstance(msg, p.Chat):
             self._chat(user, conn, msg)
         elif isinstance(msg, p.RoomCallJoin):
@@ -529,7 +533,8 @@ class Hub:
 
     def _join(self, user: str, conn: Conn, msg: p.Join) -> None:
         s = self.sessions[user]
-        if msg.channel not in s.channels:
+        new = msg.channel not in s.channels
+        if new:
             if len(s.channels) >= self.config.channels_per_user:
                 self._error(conn, p.BAD_MESSAGE,
                             f"you are in {len(s.channels)} channels already; the limit is "
@@ -544,6 +549,17 @@ class Hub:
         call = p.RoomCallInfo(call_id=rc.call_id, participants=rc.participants()) if rc is not None else None
         self._send(conn, p.Joined(channel=msg.channel, call=call,
                                   members=tuple(self._info(self.sessions[u]) for u in sorted(members))))
+        if new:
+            for text in self.history.get(msg.channel, ()):
+                self._record(s, text)  # numbered and kept like any message to this user
+                self._out.append(Send(conn, text))
+
+    def _keep(self, channel: str, text: str) -> None:
+        """Keep a channel's latest messages for those who join it later (HISTORY_LINES, HISTORY_BYTES)."""
+        kept = self.history.setdefault(channel, deque())
+        kept.append(text)
+        while len(kept) > HISTORY_LINES or (len(kept) > 1 and sum(map(len, kept)) > HISTORY_BYTES):
+            kept.popleft()
 
     def _leave_channel(self, s: Session, channel: str, why: str = "left_room") -> None:
         rc = self.in_room_call.get(s.user_id)
@@ -558,6 +574,7 @@ class Hub:
             self._to_users(members, p.ChannelMember(channel=channel, user_id=s.user_id, event="left"))
         else:
             del self.channels[channel]
+            self.history.pop(channel, None)
 
     # ---------------------------------------------------------------- direct chat and room calls
 

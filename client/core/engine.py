@@ -1,4 +1,7 @@
-"""The call engine: the user's commands, signaling in and out, glare, and each 1:1 call's state machine and Pair."""
+"""The call engine: the user's commands, signaling in and out, glare, and each 1:1 call's state machine and Pair.
+
+Rooms (their chat and their calls) are client.core.rooms's and direct chat client.core.chat's; the engine routes
+their messages and commands."""
 
 from __future__ import annotations
 
@@ -17,10 +20,12 @@ from shared.names import display_name
 
 from . import events as ev
 from . import pair as pair_events
+from .chat import DirectChat
 from .identity import Identity, Pins
 from .media import LocalMedia
 from .pair import Pair, PairConfig
 from .peer import PeerSession, Received
+from .rooms import Room, RoomCall, Rooms
 from .signaling import ConnState, SignalingClient
 from .tasks import Tasks
 
@@ -116,6 +121,9 @@ class Engine:
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
             first_retry=config.first_retry, max_retry=config.max_retry, identity=identity,
         )
+        self._rooms = Rooms(config.user_id, media, send=self.signaling.send, emit=self._emit, name_of=self._name_of,
+                            pair_config=self._pair_config, identity=identity, peer_key=self._peer_key)
+        self._direct = DirectChat(config.user_id, send=self.signaling.send, emit=self._emit, name_of=self._name_of)
 
     # ------------------------------------------------------------ lifecycle and listeners
 
@@ -133,6 +141,7 @@ class Engine:
         for s in list(self.sessions.values()):
             if s.call.live:
                 self.hangup(s.call.call_id)
+        await self._rooms.close()  # leaves the room call: the server tells the others at once
         await asyncio.sleep(0)  # let the hang-ups reach the outbox
         await self.signaling.stop()
         # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind); each pair
@@ -148,6 +157,22 @@ class Engine:
     @property
     def users(self) -> list[p.UserInfo]:
         return sorted(self.signaling.users.values(), key=lambda u: u.display_name.lower())
+
+    @property
+    def rooms(self) -> dict[str, Room]:
+        return self._rooms.rooms
+
+    @property
+    def room_call(self) -> RoomCall | None:
+        return self._rooms.call
+
+    @property
+    def room_calls_finished(self) -> list[RoomCall]:
+        return self._rooms.finished
+
+    @property
+    def direct(self) -> dict[str, list[ev.ChatLine]]:
+        return self._direct.lines
 
     # ------------------------------------------------------------ what the user does
 
@@ -208,6 +233,31 @@ class Engine:
             if s.echo is None:
                 self.signaling.send(p.CallEnded(to=peer, call_id=call_id, reason="hangup"))
 
+    # Rooms and chat. A bad room name or line raises ProtocolError (a ValueError) that names what is wrong.
+
+    def join_room(self, name: str) -> None:
+        self._rooms.join(name)
+        self.signaling.join(name)
+
+    def leave_room(self, name: str) -> None:
+        self._rooms.leave(name)
+        self.signaling.leave(name)
+
+    def say(self, room: str, text: str) -> None:
+        self._rooms.say(room, text)
+
+    def mark_read(self, room: str) -> None:
+        self._rooms.mark_read(room)
+
+    def chat(self, user_id: str, text: str) -> str:
+        return self._direct.say(user_id, text)
+
+    def join_room_call(self, room: str, *, video: bool = False) -> None:
+        self._rooms.join_call(room, video=video)
+
+    def leave_room_call(self) -> None:
+        self._rooms.leave_call()
+
     def trust_key(self, user_id: str) -> None:
         """The user checked with this contact that its new key is theirs: pin it, and the warning goes."""
         info = self.signaling.users.get(user_id)
@@ -237,15 +287,18 @@ class Engine:
             self._emit(ev.RemoteVideo(call_id, frame))
 
         pair = Pair(call_id, cfg.user_id, peer, offerer=direction == "outgoing", media=self.media,
-                    config=PairConfig(media_timeout=cfg.media_timeout, repair_after=cfg.repair_after,
-                                      repair_attempts=cfg.repair_attempts, ice_servers=cfg.ice_servers,
-                                      analyze_video=cfg.analyze_video),
-                    send=self.signaling.send, report=lambda what: self._pair_report(s, what),
+                    config=self._pair_config(), send=self.signaling.send, report=lambda what: self._pair_report(s, what),
                     identity=self.identity, peer_key=lambda: self._peer_key(peer),
                     kinds=sending(call.media, want), on_video=on_video,
                     local_answer=echo.answer if echo is not None else None)
         s = CallSession(call, direction, peer_name, want, pair, echo=echo)
         return s
+
+    def _pair_config(self) -> PairConfig:
+        cfg = self.config
+        return PairConfig(media_timeout=cfg.media_timeout, repair_after=cfg.repair_after,
+                          repair_attempts=cfg.repair_attempts, ice_servers=cfg.ice_servers,
+                          analyze_video=cfg.analyze_video)
 
     def _add(self, s: CallSession) -> None:
         s.call.history.append((State.RINGING, time.monotonic()))
@@ -291,6 +344,8 @@ class Engine:
                                   c.reason if c.state is State.ENDED else None, c.media, s.peer_name))
 
     def _name_of(self, user_id: str) -> str:
+        if user_id == self.config.user_id:
+            return self.config.display_name
         info = self.signaling.users.get(user_id)
         return info.display_name if info else user_id
 
@@ -326,11 +381,14 @@ class Engine:
                         self._apply(s, Event.DISCONNECT, "peer_disconnected")
             self._check_keys(msg.users)
             self._emit(ev.UsersChanged(tuple(self.users)))
+            self._rooms.on_session(msg.resumed)
         elif isinstance(msg, p.Presence):
             self._check_keys([msg])
             self._emit(ev.UsersChanged(tuple(self.users)))
         elif isinstance(msg, p.CallIncoming):
             self._incoming(msg)
+        elif isinstance(msg, p.Relayed) and self._rooms.on_relayed(msg):
+            pass
         elif isinstance(msg, p.Relayed):
             s = self.sessions.get(msg.call_id)
             if s is None or msg.sender != s.call.peer_of(self.config.user_id):
@@ -340,8 +398,10 @@ class Engine:
             self._relayed(s, msg)
         elif isinstance(msg, p.Error):
             self._error(msg)
-        elif isinstance(msg, p.ChannelMessage):
-            self._emit(ev.ChannelText(msg.channel, msg.sender or "", msg.text, msg.ts or 0.0))
+        elif isinstance(msg, p.Chat):
+            self._direct.on_chat(msg)
+        elif self._rooms.on_message(msg):
+            pass
         elif isinstance(msg, p.Redirect):
             self._emit(ev.Redirected(msg.url, msg.server_id))
 
@@ -399,6 +459,8 @@ class Engine:
             s.pair.receive(msg)
 
     def _error(self, msg: p.Error) -> None:
+        if self._direct.on_error(msg) or self._rooms.on_error(msg):
+            return
         s = self.sessions.get(msg.ref or "")
         if s is not None and s.call.state is State.RINGING and msg.code in (p.USER_OFFLINE, p.BUSY):
             self._apply(s, Event.REJECT, "offline" if msg.code == p.USER_OFFLINE else "busy")

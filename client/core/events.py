@@ -71,14 +71,6 @@ class ServerError:
 
 
 @dataclass(frozen=True)
-class ChannelText:
-    channel: str
-    sender: str
-    text: str
-    ts: float
-
-
-@dataclass(frozen=True)
 class Redirected:
     """The server is handing over to another one (client.core.lan decides whether to follow)."""
 
@@ -194,6 +186,6 @@ class RemoteVideo:
     frame: object  # av.VideoFrame
 
 
-Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | ChannelText
-         | Redirected | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo | RoomsChanged | RoomChanged
-         | RoomText | DirectText | ChatStatus | RoomCallChanged | RoomVideo)
+Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | Redirected
+         | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo | RoomsChanged | RoomChanged | RoomText
+         | DirectText | ChatStatus | RoomCallChanged | RoomVideo)

@@ -68,17 +68,19 @@ class Pair:
     def __init__(self, key: str, me: str, peer: str, *, offerer: bool, media: LocalMedia, config: PairConfig,
                  send: Callable[[p.Message], None], report: Callable[[Report], None],
                  identity: Identity | None = None, peer_key: Callable[[], str | None] = lambda: None,
-                 kinds: tuple[str, ...] = ("audio",), on_video: Callable[[object], None] | None = None,
+                 kinds: tuple[str, ...] = ("audio",), receiving: tuple[str, ...] = (),
+                 on_video: Callable[[object], None] | None = None,
                  local_answer: Callable[[str], Awaitable[str]] | None = None):
         """`key` names the pair on the wire (the call id) and in its signatures; `peer_key` gives the key the peer
-        must sign with (None: it has none); `kinds` is what we send, settable until negotiation. `local_answer`
-        answers our offers in this process (the sound check's echo) instead of the peer through signaling: no
-        signatures, and no repair."""
+        must sign with (None: it has none); `kinds` is what we send, settable until negotiation; `receiving` is
+        what the peer sends beyond that, which an offer asks for too (a room call's members send different things).
+        `local_answer` answers our offers in this process (the sound check's echo) instead of the peer through
+        signaling: no signatures, and no repair."""
         self.key, self.me, self.peer, self.offerer = key, me, peer, offerer
         self.media, self.config = media, config
         self.send, self.report = send, report
         self.identity, self.peer_key = identity, peer_key
-        self.kinds = kinds
+        self.kinds, self.receiving = kinds, receiving
         self.on_video = on_video
         self.local_answer = local_answer
         self.received = Received()  # across every peer connection the pair had
@@ -145,7 +147,7 @@ class Pair:
             if state == "failed":
                 self._pc_failed = True
 
-        return PeerSession(self.key, self.media, self.received, kinds=self.kinds,
+        return PeerSession(self.key, self.media, self.received, kinds=self.kinds, receiving=self.receiving,
                            ice_servers=self.config.ice_servers, analyze_video=self.config.analyze_video,
                            on_state=on_state, on_video=self.on_video)
 

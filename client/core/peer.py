@@ -60,13 +60,14 @@ class PeerSession:
     """The thin aiortc wrapper: one RTCPeerConnection, our tracks on it, its remote tracks consumed."""
 
     def __init__(self, call_id: str, media: LocalMedia, received: Received, *, kinds: tuple[str, ...],
-                 ice_servers: list[dict], analyze_video: bool = False,
+                 ice_servers: list[dict], receiving: tuple[str, ...] = (), analyze_video: bool = False,
                  on_state: Callable[[str], None] = lambda s: None,
                  on_video: Callable[[object], None] | None = None):
         self.call_id = call_id
         self.media = media
         self.received = received
         self.kinds = kinds
+        self.receiving = receiving  # kinds we only receive: an offer asks for them with a recvonly transceiver
         self.analyze_video = analyze_video
         self.on_video = on_video
         self.pc = RTCPeerConnection(ice_config(ice_servers))
@@ -91,6 +92,9 @@ class PeerSession:
 
     async def offer(self) -> str:
         self._add_local_tracks()
+        for kind in self.receiving:
+            if kind not in self.kinds:
+                self.pc.addTransceiver(kind, direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp  # aiortc puts every candidate in the SDP
 

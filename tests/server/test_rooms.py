@@ -139,3 +139,21 @@ def test_after_a_restart_the_first_back_restarts_the_call_under_its_old_id():
     assert w.take("ann", "room_call_joined")[0]["call_id"] == "room-abc"
     w.send("ben", type="room_call_join", channel="team", media=["audio"], call_id="room-other")
     assert w.take("ben", "room_call_joined")[0]["call_id"] == "room-abc"  # the call the room has wins
+
+
+def test_a_newcomer_gets_the_rooms_latest_lines_and_a_rejoin_of_a_member_does_not():
+    w = Wire()
+    room(w, "ann", "ben")
+    for i in range(60):
+        w.send("ann", type="channel_message", channel="team", text=f"line {i}")
+    w.login("cat")
+    w.send("cat", type="join", channel="team")
+    got = w.take("cat")
+    assert got[0]["type"] == "joined"
+    assert [m["text"] for m in got[1:]] == [f"line {i}" for i in range(10, 60)]
+    assert all(m["from"] == "ann" and m["ts"] == 1000.0 for m in got[1:])
+    w.send("cat", type="join", channel="team")
+    assert [m["type"] for m in w.take("cat")] == ["joined"]
+    for u in ("ann", "ben", "cat"):
+        w.send(u, type="leave", channel="team")
+    assert "team" not in w.hub.history
