@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
@@ -198,9 +198,16 @@ class LocalMedia:
             self._speaker = spk
             old.stop()
 
-    def play(self, frame) -> None:
+    def play(self, frame, source: Hashable = None) -> None:
+        """Remote audio from `source` (any hashable, one per remote stream: a PeerSession passes itself) to
+        the speaker, which mixes the sources. Without playback this returns at once."""
         if self._speaker is not None:
-            self._speaker.play(frame)
+            self._speaker.play(frame, source)
+
+    def release_source(self, source: Hashable) -> None:
+        """A remote stream ended: the speaker forgets its ring buffer and resampler."""
+        if self._speaker is not None:
+            self._speaker.release(source)
 
     # ------------------------------------------------------------ end
 

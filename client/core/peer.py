@@ -130,7 +130,7 @@ class PeerSession:
                     r.first_audio = now
                 samples = frame.to_ndarray()
                 r.recent.append(samples.reshape(-1, len(frame.layout.channels))[:, 0])
-                self.media.play(frame)
+                self.media.play(frame, source=self)
         except MediaStreamError:
             pass
 
@@ -182,6 +182,7 @@ class PeerSession:
         except TimeoutError:
             log.warning("call %s: peer connection did not close within %.0f s", self.call_id, CLOSE_TIMEOUT)
         await self.tasks.close()
+        self.media.release_source(self)
         if self._speaker is not None:
             self.media.release_speaker()
             self._speaker = None
