@@ -1,5 +1,5 @@
 """Media pieces without a network: ring buffer drift, the speaker's mixer, tracks' timestamps, the test pattern,
-missing devices."""
+received levels, missing devices."""
 
 import asyncio
 
@@ -10,6 +10,7 @@ import pytest
 from client.core import audio
 from client.core.audio import RingBuffer, Speaker
 from client.core.media import LocalMedia
+from client.core.peer import Received
 from client.core.tracks import (
     AudioTrack,
     PatternSource,
@@ -282,3 +283,21 @@ def test_a_card_at_another_rate_gets_the_mix_and_the_reference_stays_48k():
     last = reference[-48_000:] / 32767
     assert abs(amplitude(last, 440) - amplitude(out, 440, 44_100)) < 0.02
     assert abs(amplitude(last, 1000) - amplitude(out, 1000, 44_100)) < 0.02
+
+
+# ---------------------------------------------------------------- received level
+
+
+def test_received_level_follows_a_tone_and_falls_in_silence():
+    tone, silent = Received(), Received()
+    t = np.arange(960) / 48_000
+    block = (np.sin(2 * np.pi * 440 * t) * 0.3 * 32767).astype(np.int16)
+    for _ in range(25):  # half a second
+        tone.hear(block, 0.02)
+        silent.hear(np.zeros(960, np.int16), 0.02)
+    assert abs(tone.level - 0.3 / np.sqrt(2)) < 0.01 and silent.level == 0
+    for _ in range(15):  # 300 ms of silence after the tone: two time constants
+        tone.hear(np.zeros(960, np.int16), 0.02)
+    assert tone.level < 0.3 / np.sqrt(2) / 2
+    tone.drop_audio()
+    assert tone.level == 0
