@@ -1,5 +1,5 @@
-"""Media pieces without a network: ring buffer drift, the speaker's mixer, tracks' timestamps, the test pattern,
-received levels, missing devices."""
+"""Media pieces without a network: ring buffer drift, the speaker's mixer, tracks' timestamps and sizes, the test
+pattern, received levels, missing devices."""
 
 import asyncio
 
@@ -9,10 +9,12 @@ import pytest
 
 from client.core import audio
 from client.core.audio import RingBuffer, Speaker
-from client.core.media import LocalMedia
+from client.core.media import LocalMedia, video_size_for
 from client.core.peer import Received
 from client.core.tracks import (
     AudioTrack,
+    BlackSource,
+    CameraSource,
     PatternSource,
     SilenceSource,
     ToneSource,
@@ -301,3 +303,59 @@ def test_received_level_follows_a_tone_and_falls_in_silence():
     assert tone.level < 0.3 / np.sqrt(2) / 2
     tone.drop_audio()
     assert tone.level == 0
+
+
+# ---------------------------------------------------------------- video size
+
+
+def test_video_size_for_the_number_of_peers():
+    assert [video_size_for(n) for n in range(0, 8)] == [(640, 480), (640, 480), (480, 360)] + [(320, 240)] * 5
+
+
+async def test_pattern_is_drawn_at_the_size_set_and_its_counter_reads_back():
+    media = LocalMedia(tone_hz=440, pattern=True)
+    track = media.subscribe_video()
+    first = await asyncio.wait_for(track.recv(), 2)
+    assert (first.width, first.height) == (640, 480)
+    media.set_video_size(320, 240)
+    counters = []
+    for _ in range(3):
+        frame = await asyncio.wait_for(track.recv(), 2)
+        assert (frame.width, frame.height) == (320, 240)
+        counters.append(read_counter(frame.to_ndarray(format="rgb24")))
+    assert counters == [counters[0], counters[0] + 1, counters[0] + 2] and counters[0] >= 1
+    media.close()
+
+    media = LocalMedia(tone_hz=440, pattern=True)  # a size set before the first call applies to it
+    media.set_video_size(480, 360)
+    frame = await asyncio.wait_for(media.subscribe_video().recv(), 2)
+    assert (frame.width, frame.height) == (480, 360) and read_counter(frame.to_ndarray(format="rgb24")) == 0
+    media.close()
+
+
+class FakePlayer:
+    """A MediaPlayer whose camera gives frames of one size."""
+
+    def __init__(self, width: int, height: int):
+        self.video = self
+        self.width, self.height = width, height
+
+    async def recv(self):
+        return av.VideoFrame.from_ndarray(np.full((self.height, self.width, 3), 99, np.uint8), format="rgb24")
+
+    def stop(self):
+        pass
+
+
+async def test_camera_frames_larger_than_the_size_are_scaled_down_to_fit():
+    track = VideoTrack(CameraSource(FakePlayer(1280, 720), "fake"), (320, 240))
+    frame = await track.recv()
+    assert (frame.width, frame.height) == (320, 180)  # inside 320x240, the camera's 16:9 kept
+    track.set_size(640, 480)
+    assert ((f := await track.recv()).width, f.height) == (640, 360)
+    track.replace_source(CameraSource(FakePlayer(160, 120), "small"))
+    assert ((f := await track.recv()).width, f.height) == (160, 120)  # smaller: as it is
+    track.replace_source(BlackSource())
+    track.set_size(480, 360)
+    assert ((f := await track.recv()).width, f.height) == (320, 240)  # camera off: black frames stay small
+    track.stop()
