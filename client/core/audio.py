@@ -1,11 +1,11 @@
-"""Sound hardware through sounddevice: the microphone's capture stream, the speaker's ring buffer and output stream."""
+"""Sound hardware through sounddevice: the microphone's capture stream, the speaker's mixer and output stream."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import av
@@ -168,16 +168,68 @@ class RingBuffer:
         return out
 
 
+class Mixer:
+    """Remote audio from several sources (one per peer connection) summed for one sound card.
+
+    Each source has its own resampler to the card's rate and its own ring buffer, so each keeps its own
+    drift handling and its own silence on underrun: one peer that stalls or runs fast never delays or
+    garbles another. `play` runs on the event loop, `read` on the card's thread; the table of sources is
+    replaced, never changed in place, so the card's thread reads a consistent snapshot without a lock."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._sources: dict[Hashable, _Source] = {}
+
+    def play(self, frame: av.AudioFrame, source: Hashable = None) -> None:
+        src = self._sources.get(source)
+        if src is None:
+            src = _Source(RingBuffer(self.rate), av.AudioResampler(format="flt", layout="mono", rate=self.rate))
+            self._sources = {**self._sources, source: src}
+        for out in src.resampler.resample(frame):
+            src.ring.write(out.to_ndarray().reshape(-1))
+
+    def release(self, source: Hashable) -> None:
+        """Forget a source: its ring and resampler go, and it stops contributing to the mix."""
+        if source in self._sources:
+            self._sources = {k: v for k, v in self._sources.items() if k != source}
+
+    def ring(self, source: Hashable = None) -> RingBuffer | None:
+        src = self._sources.get(source)
+        return src.ring if src is not None else None
+
+    def __len__(self) -> int:
+        return len(self._sources)
+
+    def read(self, n: int) -> np.ndarray:
+        """The next `n` samples of the mix, clipped to [-1, 1]; silence where a source has nothing."""
+        sources = self._sources  # one snapshot: play/release on the loop replace the dict, never change it
+        if not sources:
+            return np.zeros(n, dtype=np.float32)
+        rings = [s.ring for s in sources.values()]
+        mix = rings[0].read(n)
+        for ring in rings[1:]:
+            mix += ring.read(n)
+        return np.clip(mix, -1.0, 1.0, out=mix)
+
+
+@dataclass
+class _Source:
+    ring: RingBuffer
+    resampler: av.AudioResampler
+
+
 class Speaker:
-    """Plays remote audio: resample to the device's rate, ring buffer, sounddevice OutputStream."""
+    """Plays remote audio: a Mixer (a ring buffer and resampler per remote source) and a sounddevice OutputStream.
+
+    Before `start()`, or when the device could not be opened, `play` returns at once: nothing is resampled,
+    buffered or mixed."""
 
     def __init__(self, device: str | int | None = None, *, processor=None):
         self.device = device
         self.processor = processor
-        self.ring: RingBuffer | None = None
+        self.mixer: Mixer | None = None
         self._stream = None
-        self._resampler: av.AudioResampler | None = None
-        self._to_reference = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        self._to_reference: av.AudioResampler | None = None
         self.name = ""
 
     def start(self) -> None:
@@ -189,30 +241,51 @@ class Speaker:
             rate = RATE
         except Exception:
             pass  # the device cannot do 48 kHz; resample to its own rate
-        self.ring = RingBuffer(rate)
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.prepare(rate)
         self._stream = sd.OutputStream(device=dev.index, samplerate=rate, channels=1, dtype="float32",
                                        blocksize=rate // 50, callback=self._callback)
         self._stream.start()
         self.name = dev.name
         log.info("speaker open: %s at %d Hz", dev.name, rate)
 
-    def play(self, frame: av.AudioFrame) -> None:
-        if self.ring is None or self._resampler is None:
-            return  # no speaker, so no echo to cancel either
-        if self.processor is not None and self.ring.rate != RATE:
-            # The card runs at another rate: give the echo canceller the audio as it arrives (less steady).
-            for ref in self._to_reference.resample(frame):
-                self.processor.process_render(ref.to_ndarray().reshape(-1))
-        for out in self._resampler.resample(frame):
-            self.ring.write(out.to_ndarray().reshape(-1))
+    def prepare(self, rate: int) -> None:
+        """Set up mixing for a card running at `rate` (start() does it; tests drive `_callback` themselves)."""
+        self.mixer = Mixer(rate)
+        if rate != RATE:  # the echo canceller's reference is 48 kHz: the mix is resampled back to it
+            self._to_reference = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+
+    @property
+    def ring(self) -> RingBuffer | None:
+        """The ring of the source played without a key (`play(frame)`): for callers with a single stream."""
+        return self.mixer.ring(None) if self.mixer is not None else None
+
+    def play(self, frame: av.AudioFrame, source: Hashable = None) -> None:
+        """Queue a remote frame of `source` (any hashable: one per remote stream) for the card."""
+        if self.mixer is None:
+            return  # no speaker, so nothing to play and no echo to cancel either
+        self.mixer.play(frame, source)
+
+    def release(self, source: Hashable) -> None:
+        """The source's stream ended: drop its ring buffer and resampler."""
+        if self.mixer is not None:
+            self.mixer.release(source)
 
     def _callback(self, outdata, frames, time_info, status) -> None:
-        block = self.ring.read(frames)
+        block = self.mixer.read(frames)
         outdata[:, 0] = block
-        if self.processor is not None and self.ring.rate == RATE:
-            # The echo canceller's reference is exactly what the card plays, when it plays it.
-            self.processor.process_render((block * 32767).astype(np.int16))
+        if self.processor is not None:
+            # The echo canceller's reference is exactly what the card plays (the mix), when it plays it.
+            self._reference(block)
+
+    def _reference(self, block: np.ndarray) -> None:
+        pcm = (block * 32767).astype(np.int16)
+        if self._to_reference is None:
+            self.processor.process_render(pcm)
+            return
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = self.mixer.rate
+        for ref in self._to_reference.resample(frame):
+            self.processor.process_render(ref.to_ndarray().reshape(-1))
 
     def stop(self) -> None:
         if self._stream is not None:

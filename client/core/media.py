@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
@@ -22,6 +22,17 @@ from .tracks import (
 )
 
 log = logging.getLogger("callbox.media")
+
+# The size outgoing video goes out at, by how many peers it is encoded for: aiortc encodes once per peer
+# connection, so a mesh of N pays N-1 encodes; smaller frames keep that within a core.
+VIDEO_SIZES = {1: (640, 480), 2: (480, 360)}
+SMALLEST_VIDEO = (320, 240)
+
+
+def video_size_for(peers: int) -> tuple[int, int]:
+    """Width and height for outgoing video sent to `peers` peers at once: 640x480 for one, 480x360 for two,
+    320x240 for three or more."""
+    return VIDEO_SIZES.get(max(1, peers), SMALLEST_VIDEO)
 
 
 class LocalMedia:
@@ -48,6 +59,7 @@ class LocalMedia:
             self.processor = create_processor(echo_cancellation)
         self.muted = False
         self.camera_on = True
+        self.video_size = VIDEO_SIZES[1]
         self._relay = MediaRelay()
         self._audio: AudioTrack | None = None
         self._video: VideoTrack | None = None
@@ -118,8 +130,15 @@ class LocalMedia:
 
     def subscribe_video(self) -> MediaStreamTrack:
         if self._video is None:
-            self._video = VideoTrack(self._video_source())
+            self._video = VideoTrack(self._video_source(), self.video_size)
         return self._proxy("video", self._video)
+
+    def set_video_size(self, width: int, height: int) -> None:
+        """The size every outgoing video frame has from now on, for every peer (they share one track): the
+        test pattern draws at it, a larger camera frame is scaled down to fit it, black frames stay small."""
+        self.video_size = (width, height)
+        if self._video is not None:
+            self._video.set_size(width, height)
 
     def _video_source(self):
         if not self.camera_on:
@@ -198,9 +217,16 @@ class LocalMedia:
             self._speaker = spk
             old.stop()
 
-    def play(self, frame) -> None:
+    def play(self, frame, source: Hashable = None) -> None:
+        """Remote audio from `source` (any hashable, one per remote stream: a PeerSession passes itself) to
+        the speaker, which mixes the sources. Without playback this returns at once."""
         if self._speaker is not None:
-            self._speaker.play(frame)
+            self._speaker.play(frame, source)
+
+    def release_source(self, source: Hashable) -> None:
+        """A remote stream ended: the speaker forgets its ring buffer and resampler."""
+        if self._speaker is not None:
+            self._speaker.release(source)
 
     # ------------------------------------------------------------ end
 

@@ -1,4 +1,4 @@
-"""One RTCPeerConnection for one call: local tracks in, remote media out to the speaker and to counters."""
+"""One RTCPeerConnection for one call: local tracks in, remote media out to the speaker, counters and a level."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .tracks import dominant_hz, read_counter
 log = logging.getLogger("callbox.peer")
 
 CLOSE_TIMEOUT = 5.0
+LEVEL_TIME = 0.15  # seconds: the time constant of Received.level
 
 
 @dataclass
@@ -37,6 +38,20 @@ class Received:
     counters: list[int] = field(default_factory=list)  # pattern counters read (first and latest kept)
     recent: deque = field(default_factory=lambda: deque(maxlen=50))  # last second of remote audio blocks
     final_hz: float | None = None  # the analysis of `recent`, kept when its audio was dropped
+    level: float = 0.0  # 0..1: RMS of the remote audio, smoothed over ~150 ms (a full-scale sine is 0.71)
+    _power: float = field(default=0.0, repr=False)  # the smoothed mean square behind `level`
+
+    def hear(self, block: np.ndarray, seconds: float) -> None:
+        """Fold one decoded int16 block lasting `seconds` into `level`: a mean square averaged exponentially
+        with a LEVEL_TIME time constant, so `level` follows the last ~100-200 ms."""
+        x = block.astype(np.float32) * (1 / 32768)
+        power = float(np.dot(x, x)) / max(1, len(x))
+        self._power += (power - self._power) * (1 - np.exp(-seconds / LEVEL_TIME))
+        self.level = min(1.0, float(np.sqrt(self._power)))
+
+    def quiet(self) -> None:
+        """No more audio comes (the track ended): the level drops to silence."""
+        self._power = self.level = 0.0
 
     def dominant_hz(self) -> float | None:
         if not self.recent:
@@ -47,6 +62,7 @@ class Received:
         """At teardown: keep what the last second of audio says, not the decoded audio itself."""
         self.final_hz = self.dominant_hz()
         self.recent.clear()
+        self.quiet()
 
 
 def ice_config(servers: list[dict]) -> RTCConfiguration:
@@ -133,10 +149,14 @@ class PeerSession:
                 if r.first_audio is None:
                     r.first_audio = now
                 samples = frame.to_ndarray()
-                r.recent.append(samples.reshape(-1, len(frame.layout.channels))[:, 0])
-                self.media.play(frame)
+                block = samples.reshape(-1, len(frame.layout.channels))[:, 0]
+                r.recent.append(block)
+                r.hear(block, frame.samples / (frame.sample_rate or 48_000))
+                self.media.play(frame, source=self)
         except MediaStreamError:
             pass
+        finally:
+            r.quiet()
 
     async def _consume_video(self, track: MediaStreamTrack) -> None:
         r = self.received
@@ -186,6 +206,7 @@ class PeerSession:
         except TimeoutError:
             log.warning("call %s: peer connection did not close within %.0f s", self.call_id, CLOSE_TIMEOUT)
         await self.tasks.close()
+        self.media.release_source(self)
         if self._speaker is not None:
             self.media.release_speaker()
             self._speaker = None

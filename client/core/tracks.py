@@ -133,13 +133,24 @@ PATTERN_BITS = 16
 
 class PatternSource:
     """A moving test pattern that stamps a frame counter into its pixels as big black and white blocks,
-    so the counter survives VP8 compression and can be read back at the far end."""
+    so the counter survives VP8 compression and can be read back at the far end.
+
+    It draws at the size it is given (`resize`), never scaled afterwards: the counter's cells are laid out
+    for the frame's own size, which is how `read_counter` finds them again."""
 
     name = "test pattern"
 
     def __init__(self, width: int = 640, height: int = 480, fps: int = 30):
-        self.width, self.height, self.fps = width, height, fps
+        self.fps = fps
         self.count = 0
+        self.width = self.height = 0
+        self.resize(width, height)
+
+    def resize(self, width: int, height: int) -> None:
+        """Draw the frames from now on at width x height (the counter goes on)."""
+        if (width, height) == (self.width, self.height):
+            return
+        self.width, self.height = width, height
         y, x = np.mgrid[0:height, 0:width]
         self._bg = np.stack([(x * 255 // width), (y * 255 // height), np.full_like(x, 128)], axis=-1).astype(np.uint8)
 
@@ -189,6 +200,9 @@ class BlackSource:
     def __init__(self, width: int = 320, height: int = 240):
         self.frame = np.zeros((height, width, 3), dtype=np.uint8)
 
+    def resize(self, width: int, height: int) -> None:
+        pass  # black frames stay small whatever size the video goes out at
+
     async def next_frame(self) -> av.VideoFrame:
         await asyncio.sleep(0.5)
         return av.VideoFrame.from_ndarray(self.frame, format="rgb24")
@@ -198,30 +212,54 @@ class BlackSource:
 
 
 class CameraSource:
-    """Frames from a capture device, opened through aiortc's MediaPlayer (v4l2, dshow or avfoundation)."""
+    """Frames from a capture device, opened through aiortc's MediaPlayer (v4l2, dshow or avfoundation).
 
-    def __init__(self, player, name: str):
+    A frame larger than the size it is given (`resize`) is scaled down to fit inside it, keeping the
+    camera's aspect ratio; a smaller one goes out as it is."""
+
+    def __init__(self, player, name: str, width: int = 640, height: int = 480):
         self.player = player
         self.name = name
+        self.width, self.height = width, height
+
+    def resize(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
 
     async def next_frame(self) -> av.VideoFrame:
-        return await self.player.video.recv()
+        return fit(await self.player.video.recv(), self.width, self.height)
 
     def stop(self) -> None:
         if self.player.video is not None:
             self.player.video.stop()
 
 
+def fit(frame: av.VideoFrame, width: int, height: int) -> av.VideoFrame:
+    """`frame` scaled down to fit inside width x height with its aspect ratio (even sides), or as it is if it fits."""
+    if frame.width <= width and frame.height <= height:
+        return frame
+    scale = min(width / frame.width, height / frame.height)
+    w, h = max(2, int(frame.width * scale) & ~1), max(2, int(frame.height * scale) & ~1)
+    return frame.reformat(width=w, height=h)
+
+
 class VideoTrack(VideoStreamTrack):
-    """The one local video track: swappable source (camera, pattern, black), timestamps on one clock."""
+    """The one local video track: swappable source (camera, pattern, black), timestamps on one clock, and the
+    size its frames go out at (`set_size`), which every source from then on is given."""
 
     kind = "video"
 
-    def __init__(self, source) -> None:
+    def __init__(self, source, size: tuple[int, int] = (640, 480)) -> None:
         super().__init__()
+        self.size = size
         self.source = source
+        source.resize(*size)
+
+    def set_size(self, width: int, height: int) -> None:
+        self.size = (width, height)
+        self.source.resize(width, height)
 
     def replace_source(self, source) -> None:
+        source.resize(*self.size)
         old, self.source = self.source, source
         old.stop()
 
