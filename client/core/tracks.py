@@ -272,6 +272,10 @@ class VideoTrack(VideoStreamTrack):
         frame = await self.source.next_frame()
         if not pace:
             pts, time_base = await self._stamp_now()
+        if frame.format.name != "yuv420p":
+            # Converted once here, not by each peer connection's encoder: they share this frame through the relay
+            # and run in threads, and two of them converting the same frame at once crash PyAV.
+            frame = frame.reformat(format="yuv420p")
         frame.pts, frame.time_base = pts, time_base
         return frame
 
