@@ -12,11 +12,11 @@ import time
 
 from .core import events as ev
 from .core.engine import CallSession, Engine, EngineConfig
-from .core.peer import Received
-from .core.rooms import PeerRecord, RoomCall
 from .core.identity import Identity, Pins
 from .core.lan import Lan
 from .core.media import LocalMedia
+from .core.peer import Received
+from .core.rooms import PeerRecord, RoomCall
 from .core.settings import Profile
 
 log = logging.getLogger("callbox.headless")

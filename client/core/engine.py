@@ -121,9 +121,9 @@ class Engine:
             on_message=self._on_message, on_state=self._on_conn_state, active_calls=self._active_calls,
             first_retry=config.first_retry, max_retry=config.max_retry, identity=identity,
         )
-        self._rooms = Rooms(config.user_id, media, send=self.signaling.send, emit=self._emit, name_of=self._name_of,
+        self._rooms = Rooms(config.user_id, media, send=self.signaling.send, emit=self._emit, name_of=self.name_of,
                             pair_config=self._pair_config, identity=identity, peer_key=self._peer_key)
-        self._direct = DirectChat(config.user_id, send=self.signaling.send, emit=self._emit, name_of=self._name_of)
+        self._direct = DirectChat(config.user_id, send=self.signaling.send, emit=self._emit, name_of=self.name_of)
 
     # ------------------------------------------------------------ lifecycle and listeners
 
@@ -179,7 +179,7 @@ class Engine:
     def call(self, peer: str, *, video: bool = False) -> str:
         media = ("audio", "video") if video else ("audio",)
         call_id = f"{int(time.time() * 1000):x}-{secrets.token_hex(4)}"
-        s = self._session(Call(call_id, self.config.user_id, peer, media), "outgoing", self._name_of(peer), media)
+        s = self._session(Call(call_id, self.config.user_id, peer, media), "outgoing", self.name_of(peer), media)
         self._add(s)
         self.signaling.send(p.CallIncoming(to=peer, call_id=call_id, media=media))
         return call_id
@@ -235,8 +235,9 @@ class Engine:
 
     # Rooms and chat. A bad room name or line raises ProtocolError (a ValueError) that names what is wrong.
 
-    def join_room(self, name: str) -> None:
-        self._rooms.join(name)
+    def join_room(self, name: str, *, known: list[ev.ChatLine] = ()) -> None:
+        """Join a room; `known` are lines of it kept from before, so its history is not taken as new."""
+        self._rooms.join(name, known=known)
         self.signaling.join(name)
 
     def leave_room(self, name: str) -> None:
@@ -287,7 +288,8 @@ class Engine:
             self._emit(ev.RemoteVideo(call_id, frame))
 
         pair = Pair(call_id, cfg.user_id, peer, offerer=direction == "outgoing", media=self.media,
-                    config=self._pair_config(), send=self.signaling.send, report=lambda what: self._pair_report(s, what),
+                    config=self._pair_config(), send=self.signaling.send,
+                    report=lambda what: self._pair_report(s, what),
                     identity=self.identity, peer_key=lambda: self._peer_key(peer),
                     kinds=sending(call.media, want), on_video=on_video,
                     local_answer=echo.answer if echo is not None else None)
@@ -343,7 +345,7 @@ class Engine:
         self._emit(ev.CallChanged(c.call_id, c.peer_of(self.config.user_id), s.direction, c.state.value,
                                   c.reason if c.state is State.ENDED else None, c.media, s.peer_name))
 
-    def _name_of(self, user_id: str) -> str:
+    def name_of(self, user_id: str) -> str:
         if user_id == self.config.user_id:
             return self.config.display_name
         info = self.signaling.users.get(user_id)
@@ -424,7 +426,7 @@ class Engine:
         me, peer = self.config.user_id, msg.sender
         mine = next((s for s in self.sessions.values()
                      if s.direction == "outgoing" and s.call.state is State.RINGING and s.call.callee == peer), None)
-        name = display_name(msg.display_name, peer) if msg.display_name else self._name_of(peer)
+        name = display_name(msg.display_name, peer) if msg.display_name else self.name_of(peer)
         call = Call(msg.call_id, peer, me, msg.media)
         if mine is not None:  # glare: we called each other at once; both keep the call whose id sorts first
             if glare_winner(mine.call.call_id, msg.call_id) == mine.call.call_id:

@@ -23,6 +23,7 @@ log = logging.getLogger("callbox.peer")
 
 CLOSE_TIMEOUT = 5.0
 LEVEL_TIME = 0.15  # seconds: the time constant of Received.level
+SILENT_SAMPLE = 8  # a decoded block whose samples all stay within this (-72 dBFS) is digital silence: a muted sender
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Received:
     final_hz: float | None = None  # the analysis of `recent`, kept when its audio was dropped
     level: float = 0.0  # 0..1: RMS of the remote audio, smoothed over ~150 ms (a full-scale sine is 0.71)
     _power: float = field(default=0.0, repr=False)  # the smoothed mean square behind `level`
+    silent_since: float | None = None  # monotonic time since when every block was digital silence
 
     def hear(self, block: np.ndarray, seconds: float) -> None:
         """Fold one decoded int16 block lasting `seconds` into `level`: a mean square averaged exponentially
@@ -48,6 +50,10 @@ class Received:
         power = float(np.dot(x, x)) / max(1, len(x))
         self._power += (power - self._power) * (1 - np.exp(-seconds / LEVEL_TIME))
         self.level = min(1.0, float(np.sqrt(self._power)))
+        if len(block) and int(np.abs(block).max()) > SILENT_SAMPLE:
+            self.silent_since = None
+        elif self.silent_since is None:
+            self.silent_since = time.monotonic()
 
     def quiet(self) -> None:
         """No more audio comes (the track ended): the level drops to silence."""

@@ -23,8 +23,7 @@ from .tasks import Tasks
 
 log = logging.getLogger("callbox.rooms")
 
-SILENT = 1e-3  # a received level below this is silence: a muted sender sends zeros
-MUTED_AFTER = 1.0  # seconds of silence after which a participant shows as muted
+MUTED_AFTER = 1.0  # seconds of digital silence (what a muted sender sends) after which a participant shows muted
 HISTORY_KEPT = 500  # chat lines a room keeps in memory (the app keeps them all in its ChatLog)
 HISTORY_CHECKED = 100  # the latest lines a line of the server's room history is checked against
 
@@ -64,25 +63,19 @@ class RoomCall:
         self.joined_at: float | None = None  # wall clock
         self.left_at: float | None = None
         self.reason: str | None = None  # why we left (or were refused): left, left_room, or the server's words
-        self._quiet_since: dict[str, float] = {}
 
     def level(self, user: str) -> float:
         pair = self.pairs.get(user)
         return pair.received.level if pair is not None else 0.0
 
     def muted(self, user: str) -> bool:
-        """Whether a participant sends no audio: they joined without it, or have sent silence for a second
-        (a muted sender sends zeros)."""
+        """Whether a participant sends no audio: they joined without it, or have sent digital silence for a
+        second (a muted sender sends zeros; a live microphone never does)."""
         if "audio" not in self.peer_media.get(user, ("audio",)):
             return True
         pair = self.pairs.get(user)
-        if pair is None or pair.received.audio_frames == 0:
-            return False
-        now = time.monotonic()
-        if pair.received.level >= SILENT:
-            self._quiet_since.pop(user, None)
-            return False
-        return now - self._quiet_since.setdefault(user, now) >= MUTED_AFTER
+        since = pair.received.silent_since if pair is not None else None
+        return since is not None and time.monotonic() - since >= MUTED_AFTER
 
     def records(self, user: str) -> list[PeerRecord]:
         """Every pair this call had with a participant, the live one last."""
@@ -108,11 +101,11 @@ class Rooms:
 
     # ------------------------------------------------------------ commands
 
-    def join(self, name: str) -> Room:
+    def join(self, name: str, *, known=()) -> Room:
         p.CHANNEL("room", name)  # a ProtocolError naming what is wrong with the name
         room = self.rooms.get(name)
         if room is None:
-            room = self.rooms[name] = Room(name)
+            room = self.rooms[name] = Room(name, lines=list(known)[-HISTORY_KEPT:])
             self._rooms_changed()
         return room
 
@@ -199,9 +192,10 @@ class Rooms:
     def on_error(self, msg: p.Error) -> bool:
         """An error about joining our room's call (room full, busy, not a member): the join is refused."""
         c = self.call
-        if c is None or c.state != "joining" or msg.ref != c.room:
+        if c is None or c.state != "joining" or msg.ref not in (c.room, "room_call_join"):
             return False
-        self._end_call(msg.message)
+        self._end_call("this server has no group calls: it is older than this app" if msg.ref == "room_call_join"
+                       else msg.message)
         return True
 
     # ------------------------------------------------------------ rooms
@@ -264,11 +258,11 @@ class Rooms:
         if c.state == "joining":
             c.state, c.joined_at = "active", time.time()
         c.peer_media = {x.user_id: x.media for x in msg.participants}
-        for user in list(c.pairs):
-            if user not in c.peer_media:
-                self._end_pair(user, "left")
+        for user, pair in list(c.pairs.items()):
+            if not pair.media_up:  # a pair whose media still flows is kept: we are back after a server restart,
+                self._end_pair(user, "left")  # and those not listed yet are on their way back too
         for user in c.peer_media:
-            if user not in c.pairs:  # we are the newcomer: we offer (a pair kept from before a restart stays)
+            if user not in c.pairs:  # we are the newcomer: we offer
                 self._pair(user, offerer=True).offer()
         self._fit_video()
         self._call_changed()
@@ -290,8 +284,11 @@ class Rooms:
                     self._end_call(msg.reason or "left")  # the server took us out (we left the room)
             elif msg.event == "joined":
                 c.peer_media[msg.user_id] = msg.media or ("audio",)
-                if msg.user_id not in c.pairs:
-                    self._pair(msg.user_id, offerer=False)  # they are the newcomer: they offer, we answer
+                kept = c.pairs.get(msg.user_id)
+                if kept is not None and not kept.media_up:
+                    self._end_pair(msg.user_id, "left")
+                if msg.user_id not in c.pairs:  # they are the newcomer: they offer, we answer
+                    self._pair(msg.user_id, offerer=False)
                 self._fit_video()
             else:
                 c.peer_media.pop(msg.user_id, None)

@@ -34,7 +34,7 @@ async def test_four_headless_clients_with_a_late_joiner_hear_each_other_and_read
         await asyncio.sleep(4)
         late = await room_client(srv.url, "dan", tmp_path, "--duration", "6", "--say", "hi from dan")
         results = await asyncio.gather(*(finish(p) for p in [*first, late]))
-    for user, (rc, err) in zip(TONES, results):
+    for user, (rc, err) in zip(TONES, results, strict=True):
         assert rc == 0, f"{user}: {err}"
         assert "Traceback" not in err, err
         report = json.loads((tmp_path / f"{user}.json").read_text())

@@ -6,7 +6,7 @@ import itertools
 
 from client.core import events as ev
 from server import HubConfig, SignalingServer
-from tests.support import FAST, Peer, running_server
+from tests.support import FAST, Peer
 
 from .engines import Probe, engines, start_engine
 
@@ -175,7 +175,7 @@ async def test_rooms_and_their_call_come_back_after_a_server_restart_with_media_
             for _ in range(3):  # media flows while there is no server at all
                 await asyncio.sleep(0.3)
                 counts.append(frames())
-            assert all(all(b > a for a, b in zip(x, y)) for x, y in itertools.pairwise(counts)), counts
+            assert all(all(b > a for a, b in zip(x, y, strict=True)) for x, y in itertools.pairwise(counts)), counts
             srv = SignalingServer("127.0.0.1", port, config=HubConfig(**cfg), ping_timeout=0.1)
             await srv.start()
             await probes[0].until(lambda: "team" in srv.hub.room_calls and len(srv.hub.room_calls["team"].media) == 3
