@@ -11,12 +11,15 @@ import time
 
 from PySide6.QtWidgets import QApplication, QDialog
 
+from client.core.chatlog import ChatLog, room_key
 from client.core.engine import Engine, EngineConfig
+from client.core.events import RoomsChanged
 from client.core.history import History, recorder
 from client.core.identity import Identity, Pins
 from client.core.lan import Lan
 from client.core.media import LocalMedia
 from client.core.ringtone import Ringtone
+from client.core.rooms import HISTORY_CHECKED
 from client.core.settings import Profile, Settings, default_name, make_user_id
 from client.core.signaling import ConnState
 from client.core.tasks import Tasks
@@ -38,9 +41,10 @@ class App:
         self.profile = profile
         self.settings: Settings = profile.load()
         self.history = History(profile.history_path)
+        self.chatlog = ChatLog(self.history.db)  # the same database file
         self.discover, self.interfaces, self.host = discover, interfaces, host
         self.media_factory = media_factory or self._real_media
-        self.window = MainWindow(self.history, profile.name)
+        self.window = MainWindow(self.history, self.chatlog, profile.name)
         self.window.ringtone = Ringtone(asset("ringtone.wav"))
         self.window.named.connect(self.on_named)
         self.window.open_settings.connect(self.on_settings)
@@ -92,12 +96,24 @@ class App:
                                      token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s),
                         identity=Identity.load(self.profile.identity_path), pins=pins)
         engine.subscribe(recorder(self.history))
+        engine.subscribe(self._keep_rooms)
+        for name in s.rooms:  # rejoined; the lines we have already are not shown or counted again
+            try:
+                engine.join_room(name, known=self.chatlog.lines(room_key(name), HISTORY_CHECKED))
+            except ValueError as exc:
+                log.warning("room %r from the settings is skipped: %s", name, exc)
         self.bridge = EngineBridge(engine, self.window)
         self.lan.subscribe(self.bridge.on_event)
         self.engine = engine
         self.window.attach(engine, self.bridge, self.server_in_use)
         self.lan.attach(engine)
         await engine.start()
+
+    def _keep_rooms(self, e) -> None:
+        """Joined rooms live in the profile, so they are rejoined after a restart."""
+        if isinstance(e, RoomsChanged) and list(e.rooms) != self.settings.rooms:
+            self.settings.rooms = list(e.rooms)
+            self.profile.save(self.settings)
 
     async def disconnect(self) -> None:
         if self.engine is not None:

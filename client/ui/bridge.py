@@ -26,6 +26,13 @@ class EngineBridge(QObject):
     moving = Signal(str, str, str)  # url, name, why: the app is moving to another server
     keyChanged = Signal(object)  # events.KeyChanged
     callSecurity = Signal(str, bool, str)  # call_id, verified, safety code ("" when none)
+    roomsChanged = Signal()  # the rooms you are in, or their unread counts
+    roomChanged = Signal(str)  # room: its members or its call
+    roomText = Signal(str, object)  # room, events.ChatLine
+    directText = Signal(str, object)  # the other person, events.ChatLine
+    chatStatus = Signal(str, str, str)  # the other person, line id, why it was not delivered
+    roomCallChanged = Signal(object)  # events.RoomCallChanged
+    roomVideo = Signal(str, str, QImage)  # room, peer, frame
 
     def __init__(self, engine, parent=None):
         super().__init__(parent)
@@ -36,10 +43,10 @@ class EngineBridge(QObject):
         engine.subscribe(self.on_event)
 
     def on_event(self, e) -> None:
-        if isinstance(e, ev.RemoteVideo):
+        if isinstance(e, (ev.RemoteVideo, ev.RoomVideo)):
             # Frames can arrive faster than the screen paints; keep the newest and convert it once per turn.
             first = not self._latest
-            self._latest[e.call_id] = e.frame
+            self._latest[e.call_id if isinstance(e, ev.RemoteVideo) else (e.room, e.peer)] = e.frame
             if first:
                 self._flush.start()
         elif isinstance(e, ev.ConnectionChanged):
@@ -60,8 +67,23 @@ class EngineBridge(QObject):
             self.keyChanged.emit(e)
         elif isinstance(e, ev.CallSecurity):
             self.callSecurity.emit(e.call_id, e.verified, e.safety_code or "")
+        elif isinstance(e, ev.RoomsChanged):
+            self.roomsChanged.emit()
+        elif isinstance(e, ev.RoomChanged):
+            self.roomChanged.emit(e.room)
+        elif isinstance(e, ev.RoomText):
+            self.roomText.emit(e.room, e.line)
+        elif isinstance(e, ev.DirectText):
+            self.directText.emit(e.peer, e.line)
+        elif isinstance(e, ev.ChatStatus):
+            self.chatStatus.emit(e.peer, e.id, e.reason)
+        elif isinstance(e, ev.RoomCallChanged):
+            self.roomCallChanged.emit(e)
 
     def _emit_video(self) -> None:
         latest, self._latest = self._latest, {}
-        for call_id, frame in latest.items():
-            self.remoteVideo.emit(call_id, to_qimage(frame))
+        for key, frame in latest.items():
+            if isinstance(key, tuple):
+                self.roomVideo.emit(*key, to_qimage(frame))
+            else:
+                self.remoteVideo.emit(key, to_qimage(frame))

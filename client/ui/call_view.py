@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
@@ -23,9 +22,9 @@ from client.core import audio, camera
 from client.core.audio import DeviceMissing
 from client.core.tasks import Tasks
 
-from .bridge import to_qimage
+from .chat_view import ChatView
 from .resources import icon
-from .video import VideoView
+from .video import VideoView, show_preview
 
 END_MESSAGES = {
     "busy": "{name} is busy in another call.",
@@ -60,6 +59,7 @@ class CallPage(QWidget):
         super().__init__(parent)
         self.engine = engine
         self.call_id: str | None = None
+        self.peer: str | None = None  # the other party's user id (None for the sound check)
         self.peer_name = ""
         self.state = ""
         self.active_since: float | None = None
@@ -108,10 +108,17 @@ class CallPage(QWidget):
         self.level.setToolTip("Microphone level")
         self.level.setAccessibleName("Microphone level")
 
+        self.chat_button = self._button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
+                                        checkable=True)
+        self.chat = ChatView()
+        self.chat.setMinimumWidth(220)
+        self.chat.hide()
+        self.chat_button.toggled.connect(self.chat.setVisible)
         controls = QHBoxLayout()
         controls.addWidget(self.mute)
         controls.addWidget(self.level)
         controls.addWidget(self.cam)
+        controls.addWidget(self.chat_button)
         controls.addStretch()
         controls.addWidget(self.hang)
 
@@ -127,7 +134,10 @@ class CallPage(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(header)
-        layout.addWidget(self.remote, 1)
+        middle = QHBoxLayout()
+        middle.addWidget(self.remote, 1)
+        middle.addWidget(self.chat)
+        layout.addLayout(middle, 1)
         layout.addLayout(controls)
         layout.addLayout(devices)
 
@@ -179,8 +189,8 @@ class CallPage(QWidget):
 
     # ------------------------------------------------------------ driven by the main window
 
-    def start(self, call_id: str, peer_name: str, direction: str, media: list[str]) -> None:
-        self.call_id, self.peer_name, self.state = call_id, peer_name, "ringing"
+    def start(self, call_id: str, peer_name: str, direction: str, media: list[str], peer: str | None = None) -> None:
+        self.call_id, self.peer_name, self.state, self.peer = call_id, peer_name, "ringing", peer
         self.active_since = None
         self.name.setText(peer_name)
         self.status.setText(f"Calling {peer_name}…" if direction == "outgoing" else "Connecting…")
@@ -193,6 +203,8 @@ class CallPage(QWidget):
         self.cam.setEnabled("video" in media)
         self.cam.setChecked(not self.engine.media.camera_on)
         self.overlay.hide()
+        self.chat_button.setVisible(peer is not None)
+        self.chat_button.setChecked(False)
         self.fill_devices()
         self.ticker.start()
         self.stats_timer.start()
@@ -309,19 +321,7 @@ class CallPage(QWidget):
         self._preview_task = self.tasks.spawn(self._run_preview(), "camera preview")
 
     async def _run_preview(self) -> None:
-        track = self.engine.media.subscribe_video()
-        try:
-            n = 0
-            while True:
-                frame = await track.recv()
-                n += 1
-                if n % 2 == 0:  # half the frame rate is plenty for a thumbnail
-                    self.preview.on_frame(to_qimage(frame))
-        except asyncio.CancelledError:
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                track.stop()
+        await show_preview(self.engine.media, self.preview)
 
     def resizeEvent(self, event) -> None:
         super().resizeEvent(event)

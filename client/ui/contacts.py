@@ -1,4 +1,5 @@
-"""The contacts page: people and their status (greyed, last known, while offline), call buttons, a filter."""
+"""The contacts page: people and their status (greyed, last known, while offline), message and call buttons
+(with unread counts), a filter."""
 
 from __future__ import annotations
 
@@ -52,8 +53,9 @@ class ContactRow(QWidget):
 
     call = Signal(str, bool)  # user_id, video
     trust = Signal(str)  # user_id: the user accepts this contact's new key
+    message = Signal(str)  # user_id: open the chat with them
 
-    def __init__(self, user, connected: bool = True, key_warning=None, parent=None):
+    def __init__(self, user, connected: bool = True, key_warning=None, unread: int = 0, parent=None):
         super().__init__(parent)
         self.user_id = user.user_id
         color, text = STATUS.get(user.status, ("#8a8a8a", user.status))
@@ -65,6 +67,13 @@ class ContactRow(QWidget):
         self.audio.setAccessibleName(f"Call {user.display_name}")
         self.video = QPushButton(icon("video"), "")
         self.video.setAccessibleName(f"Video call {user.display_name}")
+        self.chat = QPushButton(icon("chat"), str(unread) if unread else "")
+        self.chat.setAccessibleName(f"Message {user.display_name}")
+        self.chat.setToolTip(f"{unread} new message(s) from {user.display_name}" if unread
+                             else f"Message {user.display_name}")
+        if unread:
+            self.chat.setStyleSheet("font-weight: 600; color: #2e6fd9;")
+        self.chat.clicked.connect(lambda: self.message.emit(self.user_id))
         self.audio.clicked.connect(lambda: self.call.emit(self.user_id, False))
         self.video.clicked.connect(lambda: self.call.emit(self.user_id, True))
         if connected:
@@ -77,16 +86,17 @@ class ContactRow(QWidget):
             self.name.setStyleSheet(f"font-weight: 600; color: {grey};")
             self.status.setText(f"<span style='color:{grey}'>○ {text.rstrip('…')} (last known)</span>")
             self.status.setToolTip("Callbox is not connected to a server, so this may have changed")
-            for b in (self.audio, self.video):
+            for b in (self.audio, self.video, self.chat):
                 b.setToolTip(NOT_CONNECTED)
         for b in (self.audio, self.video):
             b.setEnabled(connected and user.status == "online")
+        self.chat.setEnabled(connected)
         if key_warning is not None:
             self.status.setText(self.status.text() + " <span style='color:#d93636'>⚠ key changed</span> "
                                 "<a href='trust'>trust the new key</a>")
             self.status.setToolTip(key_changed_text(key_warning))
             self.status.linkActivated.connect(lambda _link: self.trust.emit(self.user_id))
-        lay_out_row(self, self.name, self.status, self.audio, self.video)
+        lay_out_row(self, self.name, self.status, self.chat, self.audio, self.video)
 
 
 def key_changed_text(w) -> str:
@@ -99,6 +109,7 @@ def key_changed_text(w) -> str:
 class ContactsPage(QWidget):
     call = Signal(str, bool)
     trust = Signal(str)
+    message = Signal(str)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -122,6 +133,7 @@ class ContactsPage(QWidget):
         self.users: list = []
         self.connected = False
         self.key_warnings: dict = {}  # user_id -> events.KeyChanged, from the engine
+        self.unread: dict[str, int] = {}  # user_id -> direct lines not yet read
         self.set_users([])
 
     def set_connected(self, connected: bool) -> None:
@@ -138,9 +150,11 @@ class ContactsPage(QWidget):
             item = QListWidgetItem(self.list)
             item.setData(Qt.ItemDataRole.UserRole, user.user_id)
             item.setData(Qt.ItemDataRole.DisplayRole + 100, user.display_name.lower())
-            row = ContactRow(user, self.connected, self.key_warnings.get(user.user_id))
+            row = ContactRow(user, self.connected, self.key_warnings.get(user.user_id),
+                             self.unread.get(user.user_id, 0))
             row.call.connect(self.call)
             row.trust.connect(self.trust)
+            row.message.connect(self.message)
             item.setSizeHint(row.sizeHint())
             self.list.setItemWidget(item, row)
             self.rows[user.user_id] = row

@@ -1,4 +1,5 @@
-"""The main window: connection banner, contacts and history tabs, the incoming-call panel, the call page, quitting."""
+"""The main window: connection banner, contacts, rooms and history tabs, the incoming-call panel, the call and
+room call pages, chat windows, quitting."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from client.core.chatlog import room_key, user_key
+
 from .call_view import CallPage
+from .chat_view import ChatView, ChatWindow
 from .contacts import ContactsPage, key_changed_text
+from .grid_view import RoomCallPage
 from .history_view import HistoryPage
 from .resources import app_icon, icon
+from .rooms_view import RoomsPage
 
 CONNECTION_TEXT = {"connecting": "Connecting…", "online": "Online", "reconnecting": "Reconnecting…",
                    "offline": "Offline"}
@@ -105,11 +111,12 @@ class MainWindow(QMainWindow):
     open_settings = Signal()
     sound_check = Signal()
 
-    def __init__(self, history, profile_name: str = "default", parent=None):
+    def __init__(self, history, chatlog, profile_name: str = "default", parent=None):
         super().__init__(parent)
         self.setWindowTitle("Callbox" if profile_name == "default" else f"Callbox — {profile_name}")
         self.setWindowIcon(app_icon())
         self.history = history
+        self.chatlog = chatlog  # client.core.chatlog.ChatLog: every line shown here is kept there first
         self.engine = None
         self.describe_server: Callable[[], str] = lambda: ""  # the server in use and who hosts it; from the app
         self.ask_before_quit: Callable[[], str | None] = lambda: None  # a reason to confirm quitting, or None
@@ -137,18 +144,33 @@ class MainWindow(QMainWindow):
         self.contacts = ContactsPage()
         self.contacts.call.connect(self.on_call)
         self.contacts.trust.connect(self.on_trust)
+        self.contacts.message.connect(self.on_message_contact)
+        self.rooms_page = RoomsPage()
+        self.rooms_page.join.connect(self.on_join_room)
+        self.rooms_page.leave.connect(self.on_leave_room)
+        self.rooms_page.opened.connect(self.on_room_opened)
+        self.rooms_page.say.connect(self.on_say)
+        self.rooms_page.join_call.connect(self.on_join_room_call)
         self.history_page = HistoryPage(history)
         self.history_page.call.connect(self.on_call)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.contacts, icon("phone"), "Contacts")
+        self.tabs.addTab(self.rooms_page, icon("rooms"), "Rooms")
         self.tabs.addTab(self.history_page, icon("history"), "History")
         self.tabs.currentChanged.connect(self.on_tab)
         self.call_page = CallPage(None)
         self.call_page.finished.connect(self.on_call_finished)
+        self.call_page.chat.send.connect(lambda text: self.on_chat(self.call_page.peer, text, self.call_page.chat))
+        self.call_page.chat_button.toggled.connect(lambda on: on and self._read_direct(self.call_page.peer))
+        self.room_call_page = RoomCallPage(None)
+        self.room_call_page.finished.connect(lambda message: self.on_call_finished("", message))
+        self.room_call_page.chat.send.connect(lambda text: self.on_say(self.room_call_page.room, text,
+                                                                       self.room_call_page.chat))
+        self.chat_windows: dict[str, ChatWindow] = {}  # user id -> its direct chat window
         self.welcome = WelcomePage("")
         self.welcome.done.connect(self.named)
         self.stack = QStackedWidget()
-        for w in (self.welcome, self.tabs, self.call_page):
+        for w in (self.welcome, self.tabs, self.call_page, self.room_call_page):
             self.stack.addWidget(w)
         self.stack.setCurrentWidget(self.tabs)
 
@@ -204,6 +226,7 @@ class MainWindow(QMainWindow):
         self.engine = engine
         self.describe_server = describe_server
         self.call_page.engine = engine
+        self.room_call_page.engine = engine
         self.stack.setCurrentWidget(self.tabs)
         bridge.connectionChanged.connect(self.set_connection)
         bridge.usersChanged.connect(lambda users: self.contacts.set_users(users))
@@ -215,7 +238,15 @@ class MainWindow(QMainWindow):
         bridge.moving.connect(self.on_moving)
         bridge.keyChanged.connect(self.on_key_changed)
         bridge.callSecurity.connect(self.call_page.on_security)
+        bridge.roomsChanged.connect(self.on_rooms_changed)
+        bridge.roomChanged.connect(self.on_room_changed)
+        bridge.roomText.connect(self.on_room_text)
+        bridge.directText.connect(self.on_direct_text)
+        bridge.chatStatus.connect(self.on_chat_status)
+        bridge.roomCallChanged.connect(self.on_room_call_changed)
+        bridge.roomVideo.connect(self.room_call_page.on_room_video)
         self._show_connection()
+        self.on_rooms_changed()
 
     # ------------------------------------------------------------ what the user sees
 
@@ -289,8 +320,9 @@ class MainWindow(QMainWindow):
     def refresh_history(self) -> None:
         self.history_page.refresh()
         missed = self.history.unseen_missed()
-        self.tabs.setTabText(1, f"History ({missed})" if missed else "History")
-        self.tabs.setTabToolTip(1, f"{missed} missed call(s)" if missed else "Your recent calls")
+        i = self.tabs.indexOf(self.history_page)
+        self.tabs.setTabText(i, f"History ({missed})" if missed else "History")
+        self.tabs.setTabToolTip(i, f"{missed} missed call(s)" if missed else "Your recent calls")
 
     def bring_forward(self) -> None:
         self.showNormal()
@@ -300,15 +332,16 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------ slots
 
     def on_call(self, user_id: str, video: bool) -> None:
-        if self.engine is None or self.call_page.call_id is not None:
+        if self.engine is None or self.call_page.call_id is not None or self.room_call_page.room is not None:
             return
-        name = next((u.display_name for u in self.engine.users if u.user_id == user_id), user_id)
+        name = self.engine.name_of(user_id)
         call_id = self.engine.call(user_id, video=video)
-        self.call_page.start(call_id, name, "outgoing", ["audio", "video"] if video else ["audio"])
+        self.call_page.start(call_id, name, "outgoing", ["audio", "video"] if video else ["audio"], peer=user_id)
+        self._show_direct(self.call_page.chat, user_id)
         self.stack.setCurrentWidget(self.call_page)
 
     def on_incoming(self, call_id: str, peer: str, name: str, media: list) -> None:
-        self.ringing[call_id] = (name, media)
+        self.ringing[call_id] = (name, media, peer)
         self.incoming.ring(call_id, name, media)
         if self.ringtone is not None:
             self.ringtone.start()
@@ -321,14 +354,15 @@ class MainWindow(QMainWindow):
         call_id = self.incoming.call_id
         if call_id is None or self.engine is None:
             return
-        name, media = self.ringing.pop(call_id, ("", ["audio"]))
+        name, media, peer = self.ringing.pop(call_id, ("", ["audio"], None))
         self._stop_ringing()
         self.incoming.hide()
         self.incoming.call_id = None
         if not self.engine.accept(call_id, video=video):
             self.show_info(f"{name} hung up before you answered.")
             return
-        self.call_page.start(call_id, name, "incoming", media if video else ["audio"])
+        self.call_page.start(call_id, name, "incoming", media if video else ["audio"], peer=peer)
+        self._show_direct(self.call_page.chat, peer)
         self.stack.setCurrentWidget(self.call_page)
         self.bring_forward()
 
@@ -381,3 +415,151 @@ class MainWindow(QMainWindow):
         if self.tabs.widget(index) is self.history_page:
             self.history.mark_seen()
             self.refresh_history()
+        elif self.tabs.widget(index) is self.rooms_page and self.rooms_page.current:
+            self.on_room_opened(self.rooms_page.current)
+
+    # ------------------------------------------------------------ rooms
+
+    def on_join_room(self, name: str) -> None:
+        if self.engine is None:
+            return
+        try:
+            self.engine.join_room(name)
+        except ValueError as exc:
+            self.rooms_page.show_problem(str(exc))
+            return
+        self.on_rooms_changed()
+        self.rooms_page.select(name)
+
+    def on_leave_room(self, name: str) -> None:
+        if self.engine is not None and name:
+            self.engine.leave_room(name)
+
+    def on_rooms_changed(self) -> None:
+        if self.engine is None:
+            return
+        rooms = self.engine.rooms
+        self.rooms_page.set_rooms(rooms)
+        unread = sum(r.unread for r in rooms.values())
+        i = self.tabs.indexOf(self.rooms_page)
+        self.tabs.setTabText(i, f"Rooms ({unread})" if unread else "Rooms")
+        self.tabs.setTabToolTip(i, f"{unread} unread message(s) in your rooms" if unread else "Rooms you are in")
+        if self.rooms_page.pane.room in rooms:
+            self.on_room_changed(self.rooms_page.pane.room)
+
+    def on_room_opened(self, name: str) -> None:
+        """A room's page is shown: its members, its chat from the profile's history, its lines read."""
+        if self.engine is None or name not in self.engine.rooms:
+            return
+        self.rooms_page.pane.room = name
+        self.rooms_page.pane.chat.show_conversation(room_key(name), self.chatlog.lines(room_key(name)))
+        self.on_room_changed(name)
+        if self.engine.rooms[name].unread:
+            self.engine.mark_read(name)
+
+    def on_room_changed(self, name: str) -> None:
+        room = self.engine.rooms.get(name) if self.engine is not None else None
+        if room is None:
+            return
+        if self.rooms_page.pane.room == name:
+            c = self.engine.room_call
+            in_call = c is not None and c.room == name
+            users = {u.user_id: u for u in self.engine.users}
+            self.rooms_page.pane.show_room(room, users, self.engine.config.user_id, in_call)
+        if self.room_call_page.room == name:
+            self.room_call_page.refresh()
+
+    def on_say(self, room: str, text: str, view: ChatView | None = None) -> None:
+        view = view or self.rooms_page.pane.chat
+        try:
+            self.engine.say(room, text)
+        except (ValueError, KeyError) as exc:
+            view.show_problem(str(exc).strip("'\""))
+            return
+        view.sent()
+
+    def on_room_text(self, room: str, line) -> None:
+        if not self.chatlog.add(room_key(room), line):
+            return  # the room's history, sent again: shown already
+        for view in self._views(room_key(room)):
+            view.add_line(line)
+        if self._showing(room_key(room)) and self.engine is not None and room in self.engine.rooms:
+            self.engine.mark_read(room)
+
+    def on_join_room_call(self, room: str, video: bool) -> None:
+        if self.engine is None or self.call_page.call_id is not None:
+            return
+        self.engine.join_room_call(room, video=video)
+        page = self.room_call_page
+        page.start(room)
+        page.chat.show_conversation(room_key(room), self.chatlog.lines(room_key(room)))
+        self.stack.setCurrentWidget(page)
+
+    def on_room_call_changed(self, e) -> None:
+        self.room_call_page.on_room_call_changed(e)
+        self.on_room_changed(e.room)
+
+    # ------------------------------------------------------------ direct chat
+
+    def on_message_contact(self, user_id: str) -> None:
+        """Open (or bring forward) the chat window with one person."""
+        if self.engine is None:
+            return
+        window = self.chat_windows.get(user_id)
+        if window is None:
+            window = self.chat_windows[user_id] = ChatWindow(user_id, self.engine.name_of(user_id), self)
+            window.chat.send.connect(lambda text, w=window: self.on_chat(w.peer, text, w.chat))
+            self._show_direct(window.chat, user_id)
+        window.show()
+        window.raise_()
+        window.activateWindow()
+        self._read_direct(user_id)
+
+    def _show_direct(self, view: ChatView, user_id: str | None) -> None:
+        if user_id is not None:
+            view.show_conversation(user_key(user_id), self.chatlog.lines(user_key(user_id)))
+
+    def _read_direct(self, user_id: str | None) -> None:
+        if self.contacts.unread.pop(user_id, None):
+            self.contacts.set_users(self.contacts.users)
+
+    def on_chat(self, user_id: str | None, text: str, view: ChatView) -> None:
+        if self.engine is None or user_id is None:
+            return
+        try:
+            self.engine.chat(user_id, text)
+        except ValueError as exc:
+            view.show_problem(str(exc))
+            return
+        view.sent()
+
+    def on_direct_text(self, peer: str, line) -> None:
+        key = user_key(peer)
+        if not self.chatlog.add(key, line):
+            return
+        for view in self._views(key):
+            view.add_line(line)
+        if not line.mine and self.call_page.peer == peer and self.stack.currentWidget() is self.call_page:
+            self.call_page.chat_button.setChecked(True)  # they write during our call: show it beside the video
+        if line.mine or self._showing(key):
+            return
+        self.contacts.unread[peer] = self.contacts.unread.get(peer, 0) + 1
+        self.contacts.set_users(self.contacts.users)
+        self.show_info(f"{line.name}: {line.text}")
+        if self.tray is not None and (self.isMinimized() or not self.isActiveWindow()):
+            self.tray.showMessage(f"Message from {line.name}", line.text, app_icon(), 10000)
+
+    def on_chat_status(self, peer: str, line_id: str, reason: str) -> None:
+        self.chatlog.not_delivered(user_key(peer), line_id)
+        for view in self._views(user_key(peer)):
+            view.mark_not_delivered(line_id)
+            view.show_problem(f"Not delivered: {reason}")
+
+    def _views(self, conversation: str) -> list[ChatView]:
+        views = [self.rooms_page.pane.chat, self.room_call_page.chat, self.call_page.chat,
+                 *(w.chat for w in self.chat_windows.values())]
+        return [v for v in views if v.conversation == conversation]
+
+    def _showing(self, conversation: str) -> bool:
+        """Whether someone can see this conversation now (so its new lines are read)."""
+        return any(v.isVisible() for v in self._views(conversation))

@@ -1,10 +1,16 @@
-"""A video surface: paints the newest frame scaled to fit, keeping its aspect ratio, with a caption when empty."""
+"""A video surface: paints the newest frame scaled to fit, keeping its aspect ratio, with a caption when empty;
+and the local preview that feeds one from the camera."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
 
 from PySide6.QtCore import QRect, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 from PySide6.QtWidgets import QSizePolicy, QWidget
+
+from .bridge import to_qimage
 
 
 class VideoView(QWidget):
@@ -45,3 +51,20 @@ class VideoView(QWidget):
             p.setPen(QColor("#bbb"))
             p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.placeholder)
         p.end()
+
+
+async def show_preview(media, view: VideoView) -> None:
+    """Paint your own camera (a LocalMedia's shared video) into `view` at half its frame rate, until cancelled."""
+    track = media.subscribe_video()
+    try:
+        n = 0
+        while True:
+            frame = await track.recv()
+            n += 1
+            if n % 2 == 0:  # half the frame rate is plenty for a thumbnail
+                view.on_frame(to_qimage(frame))
+    except asyncio.CancelledError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            track.stop()
