@@ -88,6 +88,12 @@ class Peer:
         rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd else (None, None)
 
+    async def drain(self) -> None:
+        """Read and drop everything until the connection closes: a client that stops reading is cut off."""
+        with contextlib.suppress(Exception):
+            async for _ in self.ws:
+                pass
+
     def cut(self) -> None:
         """Drop the TCP connection with no close frame, as a vanished laptop would."""
         self.ws.transport.abort()

@@ -61,6 +61,7 @@ class RoomCallPage(QWidget):
         super().__init__(parent)
         self.engine = engine
         self.room: str | None = None
+        self.joined = False  # the server let us in (a join can be refused)
         self.tiles: dict[str, Tile] = {}
         self.tasks = Tasks()  # the local preview
         self._preview_task: asyncio.Task | None = None
@@ -130,6 +131,7 @@ class RoomCallPage(QWidget):
         self.room = room
         self.title.setText(f"# {room}")
         self.status.setText("Joining…")
+        self.joined = False
         self.notice.hide()
         self.mute.setChecked(self.engine.media.muted)
         self.cam.setChecked(not self.engine.media.camera_on)
@@ -143,6 +145,7 @@ class RoomCallPage(QWidget):
         if e.room != self.room:
             return
         if e.state == "active":
+            self.joined = True
             self.cam.setEnabled("video" in e.media)
             if e.notice:
                 self.notice.setText(e.notice)
@@ -152,8 +155,12 @@ class RoomCallPage(QWidget):
             self.me.video.clear("You" if "video" in e.media else "You (audio)")
             self.refresh()
         elif e.state == "left":
+            joined, self.joined = self.joined, False
             self.stop()
-            self.finished.emit(LEFT_MESSAGES.get(e.reason or "", f"The room call ended: {e.reason}"))
+            if not joined:  # refused: the room's call is full, or we are in another call
+                self.finished.emit(f"You could not join the call in {e.room}: {e.reason}.")
+            else:
+                self.finished.emit(LEFT_MESSAGES.get(e.reason or "", f"The room call ended: {e.reason}."))
 
     def refresh(self) -> None:
         """Tiles for whoever is in the call now."""

@@ -487,7 +487,10 @@ class MainWindow(QMainWindow):
             self.engine.mark_read(room)
 
     def on_join_room_call(self, room: str, video: bool) -> None:
-        if self.engine is None or self.call_page.call_id is not None:
+        if self.engine is None:
+            return
+        if self.call_page.call_id is not None:
+            self.show_info("Hang up your call first: you can be in one call at a time.")
             return
         self.engine.join_room_call(room, video=video)
         page = self.room_call_page

@@ -6,7 +6,7 @@ import asyncio
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
-from tests.support import running_server
+from tests.support import Peer, running_server
 from tests.ui.apps import counter, make_app, online_pair, shot, until
 
 LEFT = Qt.MouseButton.LeftButton
@@ -188,5 +188,49 @@ def test_rooms_are_rejoined_after_a_restart_with_their_chat_kept_once(qtbot, qlo
             finally:
                 await alice.shutdown()
                 await bob.shutdown()
+
+    qloop.run_until_complete(scenario())
+
+
+def test_the_fifth_with_video_is_told_why_it_sends_audio_and_a_full_call_says_so(qtbot, qloop, tmp_path):
+    async def scenario():
+        async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
+            fillers = [await Peer.connect(srv.url, f"u{i}") for i in range(8)]
+            readers = [asyncio.create_task(f.drain()) for f in fillers]
+            eve = make_app(tmp_path, "eve", name="Eve", server=srv.url)
+            try:
+                for f in fillers[:4]:
+                    await f.send({"type": "join", "channel": "team"})
+                    await f.send({"type": "room_call_join", "channel": "team", "media": ["audio", "video"]})
+                await eve.start()
+                w = eve.window
+                await join_by_click(qtbot, w, "team")
+                await until(lambda: w.rooms_page.pane.join_call.text() == "Join call · 4 in call", 5, "four in call")
+                w.rooms_page.pane.with_video.setChecked(True)
+                qtbot.mouseClick(w.rooms_page.pane.join_call, LEFT)
+                page = w.room_call_page
+                await until(lambda: page.notice.isVisibleTo(page), 5, "the notice")
+                assert "video is limited to 4 people" in page.notice.text() and not page.cam.isEnabled()
+                assert eve.engine.room_call.media == ("audio",)
+                shot(w, "room_audio_only")
+                qtbot.mouseClick(page.leave, LEFT)
+                await until(lambda: w.stack.currentWidget() is w.tabs, 5)
+                await until(lambda: "eve" not in eve.engine.rooms["team"].call, 5, "the server to see Eve leave")
+                for f in fillers[4:]:
+                    await f.send({"type": "join", "channel": "team"})
+                    await f.send({"type": "room_call_join", "channel": "team", "media": ["audio"]})
+                button = w.rooms_page.pane.join_call
+                await until(lambda: not button.isEnabled(), 5, "a full call")
+                assert button.text() == "Join call · 8 in call" and "full" in button.toolTip()
+                w.on_join_room_call("team", False)  # as if clicked a moment before the 8th got in
+                await until(lambda: w.stack.currentWidget() is w.tabs, 5)
+                assert w.info.text() == ("You could not join the call in team: the call in room 'team' has 8 people, "
+                                         "the most a call can have.")
+            finally:
+                await eve.shutdown()
+                for r in readers:
+                    r.cancel()
+                for f in fillers:
+                    await f.close()
 
     qloop.run_until_complete(scenario())
