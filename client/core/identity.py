@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -86,12 +85,13 @@ class Pins:
         self.path = path
         self.keys: dict[str, str] = {}
         if path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    data = json.loads(path.read_text())
-                    self.keys = {str(u): str(k) for u, k in data.items()} if isinstance(data, dict) else {}
-                except (OSError, ValueError) as exc:
-                    log.warning("pinned keys in %s are unreadable (%s); starting afresh", path, exc)
+            try:
+                data = json.loads(path.read_text())
+                self.keys = {str(u): str(k) for u, k in data.items()} if isinstance(data, dict) else {}
+            except FileNotFoundError:
+                pass  # nobody pinned yet
+            except (OSError, ValueError) as exc:
+                log.warning("pinned keys in %s are unreadable (%s); starting afresh", path, exc)
 
     def check(self, user: str, key: str) -> str | None:
         pinned = self.keys.get(user)

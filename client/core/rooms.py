@@ -63,6 +63,7 @@ class RoomCall:
         self.joined_at: float | None = None  # wall clock
         self.left_at: float | None = None
         self.reason: str | None = None  # why we left (or were refused): left, left_room, or the server's words
+        self.stale: set[str] = set()  # pairs without media when a fresh session began: offered anew on rejoin
 
     def level(self, user: str) -> float:
         pair = self.pairs.get(user)
@@ -154,8 +155,10 @@ class Rooms:
         """A session began. A fresh one (a server restart, or back too late to resume) has forgotten our rooms'
         call: join it again under its id, keeping the pairs whose media still flows (the signaling client has
         rejoined the rooms themselves, ahead of this)."""
-        if not resumed and self.call is not None:
-            self.send(p.RoomCallJoin(channel=self.call.room, media=self.call.want, call_id=self.call.call_id))
+        c = self.call
+        if not resumed and c is not None:
+            c.stale = {user for user, pair in c.pairs.items() if not pair.media_up}
+            self.send(p.RoomCallJoin(channel=c.room, media=c.want, call_id=c.call_id))
 
     def on_message(self, msg: p.Message) -> bool:
         """Handle a rooms message; False if it is not one."""
@@ -258,9 +261,9 @@ class Rooms:
         if c.state == "joining":
             c.state, c.joined_at = "active", time.time()
         c.peer_media = {x.user_id: x.media for x in msg.participants}
-        for user, pair in list(c.pairs.items()):
-            if not pair.media_up:  # a pair whose media still flows is kept: we are back after a server restart,
-                self._end_pair(user, "left")  # and those not listed yet are on their way back too
+        for user in c.stale & set(c.pairs):  # back in a fresh session: a pair whose media still flows is kept,
+            self._end_pair(user, "left")  # and those not listed yet are on their way back too
+        c.stale = set()  # (a second reply to a join sent twice, queued and again at login, changes nothing)
         for user in c.peer_media:
             if user not in c.pairs:  # we are the newcomer: we offer
                 self._pair(user, offerer=True).offer()
