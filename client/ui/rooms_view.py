@@ -13,7 +13,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSplitter,
     QStackedWidget,
     QVBoxLayout,
     QWidget,
@@ -61,17 +60,15 @@ class RoomPane(QWidget):
         header.addWidget(self.leave)
         self.members = QListWidget()
         self.members.setAccessibleName("Members")
-        self.members.setMaximumWidth(180)
+        self.members.setFixedWidth(170)
         self.chat = ChatView(placeholder="Message the room…")
-        split = QSplitter()
-        split.addWidget(self.chat)
-        split.addWidget(self.members)
-        split.setStretchFactor(0, 1)
-        split.setStretchFactor(1, 0)
+        body = QHBoxLayout()
+        body.addWidget(self.chat, 1)
+        body.addWidget(self.members)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(header)
-        layout.addWidget(split, 1)
+        layout.addLayout(body, 1)
 
     def show_room(self, room, users: dict, me: str, in_this_call: bool) -> None:
         self.room = room.name

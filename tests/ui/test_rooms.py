@@ -40,6 +40,7 @@ def test_rooms_chat_and_a_room_call_with_the_grid(qtbot, qloop, tmp_path):
             await carol.start()
             try:
                 aw, bw, cw = alice.window, bob.window, carol.window
+                aw.tabs.setCurrentWidget(aw.rooms_page)
                 shot(aw, "rooms_empty")
                 for w in (aw, bw, cw):
                     await join_by_click(qtbot, w, "team")
