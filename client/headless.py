@@ -145,17 +145,15 @@ def call_report(s: CallSession) -> dict:
     }
 
 
-def peer_report(records: list[PeerRecord]) -> dict:
-    """One participant of a room call, over every pair we had with them (a rejoin makes a new one): the latest
-    pair's media, frames counted over all of them."""
-    last = records[-1]
-    out = media_report(last.received)
-    out["audio"]["frames"] = sum(r.received.audio_frames for r in records)
-    out["video"]["frames"] = sum(r.received.video_frames for r in records)
+def peer_report(r: PeerRecord) -> dict:
+    """One participant of a room call, over every pair we had with them: the latest pair's media, frames
+    counted over all of them."""
+    out = media_report(r.received)
+    out["audio"]["frames"] += r.earlier_audio_frames
+    out["video"]["frames"] += r.earlier_video_frames
     if out["audio"]["dominant_hz"] is None:
-        out["audio"]["dominant_hz"] = next((r.received.dominant_hz() for r in reversed(records)
-                                           if r.received.audio_frames), None)
-    return {**out, "peer_connections": sum(r.peer_connections for r in records), "end_reason": last.end_reason}
+        out["audio"]["dominant_hz"] = r.earlier_hz
+    return {**out, "peer_connections": r.peer_connections, "end_reason": r.end_reason}
 
 
 def room_report(c: RoomCall, engine: Engine) -> dict:
@@ -165,7 +163,7 @@ def room_report(c: RoomCall, engine: Engine) -> dict:
     return {
         "room": c.room, "call_id": c.call_id, "media": list(c.media), "notice": c.notice,
         "joined_at": c.joined_at, "left_at": c.left_at, "end_reason": c.reason,
-        "peers": {u: peer_report(c.records(u)) for u in users},
+        "peers": {u: peer_report(c.record(u)) for u in users},
         "messages": [{"from": x.sender, "text": x.text, "time": x.ts} for x in lines if x.kind == "text"],
     }
 

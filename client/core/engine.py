@@ -122,7 +122,8 @@ class Engine:
             first_retry=config.first_retry, max_retry=config.max_retry, identity=identity,
         )
         self._rooms = Rooms(config.user_id, media, send=self.signaling.send, emit=self._emit, name_of=self.name_of,
-                            pair_config=self._pair_config, identity=identity, peer_key=self._peer_key)
+                            pair_config=self._pair_config, identity=identity, peer_key=self._peer_key,
+                            finished_kept=None if keep_finished else RECENT_FINISHED)
         self._direct = DirectChat(config.user_id, send=self.signaling.send, emit=self._emit, name_of=self.name_of)
 
     # ------------------------------------------------------------ lifecycle and listeners
@@ -167,7 +168,7 @@ class Engine:
         return self._rooms.call
 
     @property
-    def room_calls_finished(self) -> list[RoomCall]:
+    def room_calls_finished(self) -> deque[RoomCall]:
         return self._rooms.finished
 
     @property

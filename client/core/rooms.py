@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,11 +41,23 @@ class Room:
 
 @dataclass
 class PeerRecord:
-    """What arrived from one participant over one Pair, kept when the pair ends (the headless report)."""
+    """What arrived from one participant, over every pair we had with them (a rejoin or a repair makes a new one):
+    the latest pair's Received and totals over the earlier ones, so someone who keeps rejoining costs no more."""
 
     received: Received
     peer_connections: int
     end_reason: str | None = None
+    pairs: int = 1
+    earlier_audio_frames: int = 0
+    earlier_video_frames: int = 0
+    earlier_hz: float | None = None
+
+    def then(self, received: Received, peer_connections: int, end_reason: str | None) -> PeerRecord:
+        """This record with a newer pair's folded in."""
+        return PeerRecord(received, self.peer_connections + peer_connections, end_reason, self.pairs + 1,
+                          self.earlier_audio_frames + self.received.audio_frames,
+                          self.earlier_video_frames + self.received.video_frames,
+                          self.received.dominant_hz() or self.earlier_hz)
 
 
 class RoomCall:
@@ -59,7 +72,7 @@ class RoomCall:
         self.state = "joining"  # joining, active, left
         self.pairs: dict[str, Pair] = {}
         self.peer_media: dict[str, tuple[str, ...]] = {}  # what each other participant sends
-        self.ended: dict[str, list[PeerRecord]] = {}  # pairs that ended, per participant
+        self.ended: dict[str, PeerRecord] = {}  # the pairs that ended, per participant
         self.joined_at: float | None = None  # wall clock
         self.left_at: float | None = None
         self.reason: str | None = None  # why we left (or were refused): left, left_room, or the server's words
@@ -78,10 +91,14 @@ class RoomCall:
         since = pair.received.silent_since if pair is not None else None
         return since is not None and time.monotonic() - since >= MUTED_AFTER
 
-    def records(self, user: str) -> list[PeerRecord]:
-        """Every pair this call had with a participant, the live one last."""
-        live = self.pairs.get(user)
-        return self.ended.get(user, []) + ([PeerRecord(live.received, live.attempts)] if live is not None else [])
+    def record(self, user: str) -> PeerRecord | None:
+        """Every pair this call had with a participant, the live one too."""
+        ended, live = self.ended.get(user), self.pairs.get(user)
+        if live is None:
+            return ended
+        if ended is None:
+            return PeerRecord(live.received, live.attempts)
+        return ended.then(live.received, live.attempts, None)
 
 
 class Rooms:
@@ -90,14 +107,15 @@ class Rooms:
 
     def __init__(self, me: str, media: LocalMedia, *, send: Callable[[p.Message], None],
                  emit: Callable[[object], None], name_of: Callable[[str], str], pair_config: Callable[[], PairConfig],
-                 identity=None, peer_key: Callable[[str], str | None] = lambda user: None):
+                 identity=None, peer_key: Callable[[str], str | None] = lambda user: None,
+                 finished_kept: int | None = None):
         self.me = me
         self.media = media
         self.send, self.emit, self.name_of = send, emit, name_of
         self.pair_config, self.identity, self.peer_key = pair_config, identity, peer_key
         self.rooms: dict[str, Room] = {}
         self.call: RoomCall | None = None
-        self.finished: list[RoomCall] = []  # room calls left, for the headless report
+        self.finished: deque[RoomCall] = deque(maxlen=finished_kept)  # room calls left (all, for headless)
         self._closing = Tasks()
 
     # ------------------------------------------------------------ commands
@@ -332,7 +350,9 @@ class Rooms:
         if pair is None:
             return
         pair.stop()
-        c.ended.setdefault(user, []).append(PeerRecord(pair.received, pair.attempts, reason))
+        kept = c.ended.get(user)
+        c.ended[user] = (kept.then(pair.received, pair.attempts, reason) if kept is not None
+                         else PeerRecord(pair.received, pair.attempts, reason))
         self._closing.spawn(pair.close(), f"room {c.room} pair with {user} close")
 
     def _end_call(self, reason: str) -> None:

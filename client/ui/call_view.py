@@ -46,6 +46,29 @@ def end_message(reason: str | None, name: str) -> str:
     return END_MESSAGES.get(reason or "", "Call ended ({reason}).").format(name=name, reason=reason)
 
 
+def call_button(icon_name: str, tip: str, shortcut: str, checkable: bool = False) -> QPushButton:
+    """A call control: an icon, its tip naming the shortcut, the shortcut itself."""
+    b = QPushButton(icon(icon_name), "")
+    b.setToolTip(tip)
+    b.setAccessibleName(tip.split(" (")[0])
+    b.setCheckable(checkable)
+    b.setShortcut(QKeySequence(shortcut))
+    b.setMinimumHeight(36)
+    return b
+
+
+def end_button(page: QWidget, text: str, tip: str) -> QPushButton:
+    """The red button that ends a call (or leaves a room call), on Ctrl+Shift+E. The shortcut belongs to the
+    page, not the button: a label change (Cancel, Hang up) would drop a button's own."""
+    b = call_button("hangup", f"{tip} (Ctrl+Shift+E)", "")
+    b.setObjectName("endCall")
+    b.setText(text)
+    b.setStyleSheet("QPushButton#endCall { background: #d93636; color: white; border-radius: 6px;"
+                    "padding: 6px 16px; } QPushButton#endCall:focus { border: 2px solid #ffd54a; }")
+    QShortcut(QKeySequence("Ctrl+Shift+E"), page, b.animateClick)
+    return b
+
+
 def clock(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -91,24 +114,18 @@ class CallPage(QWidget):
                                    "border-radius: 8px;")
         self.overlay.hide()
 
-        self.mute = self._button("mic", "Mute the microphone (Ctrl+Shift+M)", "Ctrl+Shift+M", checkable=True)
+        self.mute = call_button("mic", "Mute the microphone (Ctrl+Shift+M)", "Ctrl+Shift+M", checkable=True)
         self.mute.toggled.connect(self.on_mute)
-        self.cam = self._button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
+        self.cam = call_button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
         self.cam.toggled.connect(self.on_camera)
-        self.hang = self._button("hangup", "Hang up (Ctrl+Shift+E)", "Ctrl+Shift+E")
-        self.hang.setObjectName("hangup")
-        self.hang.setText("Hang up")
-        self.hang.setStyleSheet("QPushButton#hangup { background: #d93636; color: white; border-radius: 6px;"
-                                "padding: 6px 16px; } QPushButton#hangup:focus { border: 2px solid #ffd54a; }")
+        self.hang = end_button(self, "Hang up", "Hang up")
         self.hang.clicked.connect(self.on_hangup)
-        self.hang.setShortcut(QKeySequence())  # its label changes (Cancel, Hang up), which would drop a shortcut
-        QShortcut(QKeySequence("Ctrl+Shift+E"), self, self.hang.animateClick)
         self.level = QProgressBar(maximum=100, textVisible=False)
         self.level.setFixedWidth(90)
         self.level.setToolTip("Microphone level")
         self.level.setAccessibleName("Microphone level")
 
-        self.chat_button = self._button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
+        self.chat_button = call_button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
                                         checkable=True)
         self.chat = ChatView()
         self.chat.setMinimumWidth(220)
@@ -147,15 +164,6 @@ class CallPage(QWidget):
         self.stats_timer.timeout.connect(self.on_stats_timer)
 
     # ------------------------------------------------------------ building blocks
-
-    def _button(self, icon_name: str, tip: str, shortcut: str, checkable: bool = False) -> QPushButton:
-        b = QPushButton(icon(icon_name), "")
-        b.setToolTip(tip)
-        b.setAccessibleName(tip.split(" (")[0])
-        b.setCheckable(checkable)
-        b.setShortcut(QKeySequence(shortcut))
-        b.setMinimumHeight(36)
-        return b
 
     def _picker(self, what: str, slot) -> QComboBox:
         box = QComboBox()

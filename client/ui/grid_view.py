@@ -7,11 +7,11 @@ import asyncio
 import math
 
 from PySide6.QtCore import QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
-from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QSplitter, QVBoxLayout, QWidget
 
 from client.core.tasks import Tasks
 
+from .call_view import call_button, end_button
 from .chat_view import ChatView
 from .resources import icon
 from .video import VideoView, show_preview
@@ -90,18 +90,12 @@ class RoomCallPage(QWidget):
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 0)
 
-        self.mute = self._button("mic", "Mute the microphone (Ctrl+Shift+M)", "Ctrl+Shift+M", checkable=True)
+        self.mute = call_button("mic", "Mute the microphone (Ctrl+Shift+M)", "Ctrl+Shift+M", checkable=True)
         self.mute.toggled.connect(self.on_mute)
-        self.cam = self._button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
+        self.cam = call_button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
         self.cam.toggled.connect(self.on_camera)
-        self.leave = self._button("hangup", "Leave the call (Ctrl+Shift+E)", "Ctrl+Shift+E")
-        self.leave.setObjectName("leaveCall")
-        self.leave.setText("Leave")
-        self.leave.setStyleSheet("QPushButton#leaveCall { background: #d93636; color: white; border-radius: 6px;"
-                                 "padding: 6px 16px; }")
+        self.leave = end_button(self, "Leave", "Leave the call")
         self.leave.clicked.connect(self.on_leave)
-        self.leave.setShortcut(QKeySequence())
-        QShortcut(QKeySequence("Ctrl+Shift+E"), self, self.leave.animateClick)
         controls = QHBoxLayout()
         controls.addWidget(self.mute)
         controls.addWidget(self.cam)
@@ -115,15 +109,6 @@ class RoomCallPage(QWidget):
         layout.addLayout(controls)
         self.ticker = QTimer(self, interval=150)
         self.ticker.timeout.connect(self.on_tick)
-
-    def _button(self, icon_name: str, tip: str, shortcut: str, checkable: bool = False) -> QPushButton:
-        b = QPushButton(icon(icon_name), "")
-        b.setToolTip(tip)
-        b.setAccessibleName(tip.split(" (")[0])
-        b.setCheckable(checkable)
-        b.setShortcut(QKeySequence(shortcut))
-        b.setMinimumHeight(36)
-        return b
 
     # ------------------------------------------------------------ driven by the main window
 

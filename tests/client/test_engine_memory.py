@@ -45,3 +45,20 @@ async def test_headless_and_tests_keep_every_finished_call(server):
             alice.engine.hangup(call_id)
             await alice.until(lambda: not alice.engine.sessions and not bob.engine.sessions)
         assert len(alice.engine.finished) == len(bob.engine.finished) == RECENT_FINISHED + 1
+
+
+async def test_app_mode_keeps_the_last_few_room_calls_and_one_record_per_participant(server):
+    async with engines(server.url, ("ann", 440), ("ben", 550), keep_finished=False) as (ann, ben):
+        for p in (ann, ben):
+            p.engine.join_room("team")
+        ann.engine.join_room_call("team")
+        for _ in range(RECENT_FINISHED + 2):  # ben joins and leaves while ann stays in the call
+            ben.engine.join_room_call("team")
+            await ann.until(lambda: "ben" in ann.engine.room_call.pairs and
+                            ann.engine.room_call.pairs["ben"].received.audio_frames > 10, 15)
+            ben.engine.leave_room_call()
+            await ann.until(lambda: "ben" not in ann.engine.room_call.pairs)
+        assert len(ben.engine.room_calls_finished) == RECENT_FINISHED
+        record = ann.engine.room_call.ended["ben"]  # one record, however often ben came and went
+        assert record.pairs == RECENT_FINISHED + 2 and record.peer_connections >= RECENT_FINISHED + 2
+        assert record.earlier_audio_frames > 10 * (RECENT_FINISHED + 1) and abs(record.earlier_hz - 550) <= 5

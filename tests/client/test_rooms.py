@@ -189,7 +189,7 @@ async def test_leaving_the_room_call_tells_the_others_and_closes_the_pairs(serve
         await ann.until(lambda: hears_everyone(ann, {"ben"}), 15)
         ben.engine.leave_room_call()
         await ann.until(lambda: not ann.engine.room_call.pairs and "ben" not in ann.engine.rooms["team"].call)
-        assert ann.engine.room_call.ended["ben"][0].end_reason == "left"
+        assert ann.engine.room_call.ended["ben"].end_reason == "left"
         assert ben.engine.room_call is None and ben.engine.room_calls_finished[0].reason == "left"
         await ben.until(lambda: server.hub.status("ben") == "online")
         ann.engine.leave_room("team")

@@ -10,12 +10,20 @@ from tests.support import Peer, running_server
 from tests.ui.apps import counter, make_app, online_pair, shot, until
 
 LEFT = Qt.MouseButton.LeftButton
+CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
 
 
 def type_and_send(qtbot, chat, text: str) -> None:
     chat.entry.setFocus()
     QTest.keyClicks(chat.entry, text)
     qtbot.mouseClick(chat.button, LEFT)
+
+
+async def press(qtbot, window, key) -> None:
+    """Ctrl+Shift+key in a window, once it is the active one (shortcuts go to the active window)."""
+    window.activateWindow()
+    await until(window.isActiveWindow, 2, "the window to be active")
+    qtbot.keyClick(window, key, CTRL_SHIFT)
 
 
 def texts(view) -> list[tuple[str, str]]:
@@ -91,8 +99,9 @@ def test_rooms_chat_and_a_room_call_with_the_grid(qtbot, qloop, tmp_path):
                 assert aw.room_call_page.tiles["carol"].video.placeholder == "Carol\n(audio)"
                 assert aw.room_call_page.tiles["bob"].name.text() == "Bob"
                 # Carol mutes: her tile shows it, and the one lit is Bob's, the only one still heard.
-                qtbot.mouseClick(cw.room_call_page.mute, LEFT)
-                await until(lambda: aw.room_call_page.tiles["carol"].mute.isVisibleTo(aw.room_call_page), 10,
+                await press(qtbot, cw, Qt.Key.Key_M)  # the 1:1 call's shortcuts work here too
+                await until(lambda: cw.room_call_page.mute.isChecked() and carol.engine.media.muted, 2, "Ctrl+Shift+M")
+                await until(lambda: aw.room_call_page.tiles["carol"].mute.isVisibleTo(aw.room_call_page), 20,
                             "Carol's mute mark")  # a second of silence, behind the audio the busy thread has queued
                 tiles = aw.room_call_page.tiles
                 await until(lambda: tiles["bob"].speaking and not tiles["carol"].speaking, 3, "Bob's tile lit")
@@ -101,8 +110,9 @@ def test_rooms_chat_and_a_room_call_with_the_grid(qtbot, qloop, tmp_path):
                 qtbot.mouseClick(cw.room_call_page.leave, LEFT)
                 await until(lambda: set(aw.room_call_page.tiles) == {"bob"}, 10, "Carol's tile gone")
                 assert cw.stack.currentWidget() is cw.tabs and cw.info.text() == "You left the room call."
+                qtbot.mouseClick(bw.room_call_page.leave, LEFT)
+                await press(qtbot, aw, Qt.Key.Key_E)
                 for w in (aw, bw):
-                    qtbot.mouseClick(w.room_call_page.leave, LEFT)
                     await until(lambda w=w: w.stack.currentWidget() is w.tabs, 5, "back to the tabs")
                 await until(lambda: cw.rooms_page.pane.join_call.text() == "Join call", 5, "nobody in the call")
             finally:
