@@ -41,6 +41,8 @@ def add_arguments(ap) -> None:
                    help="hang up this long after the call is active (with --room: leave this long after joining)")
     g.add_argument("--room", metavar="NAME", help="join this room and its call")
     g.add_argument("--say", metavar="TEXT", help="with --room: send this chat line once joined")
+    g.add_argument("--share-screen", action="store_true",
+                   help="share the screen of the X display this runs on, from the start of each call")
     g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
     g.add_argument("--stay", action="store_true",
                    help="keep running when calls end (answering more with --auto-answer), until SIGINT or SIGTERM")
@@ -118,12 +120,15 @@ class EventPrinter:
 
 
 def media_report(r: Received) -> dict:
-    """What arrived of one stream: its audio's frames and tone, its video's frames, size and pattern counters."""
+    """What arrived of one peer: its audio's frames and tone, its video's frames, size and pattern counters, and
+    its screen share's frames, size and the last frame's mean colour."""
     return {
         "audio": {"frames": r.audio_frames, "dominant_hz": r.dominant_hz()},
         "video": {"frames": r.video_frames, "width": r.width, "height": r.height,
                   "counter_first": r.counters[0] if r.counters else None,
                   "counter_last": r.counters[-1] if r.counters else None},
+        "screen": {"frames": r.screen_frames, "width": r.screen_size[0], "height": r.screen_size[1],
+                   "mean_rgb": list(r.screen_rgb) if r.screen_rgb else None, "active": r.screen_active},
     }
 
 
@@ -226,6 +231,11 @@ async def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     await engine.start()
+    if args.share_screen and (why := engine.share_screen(True)) is not None:
+        log.error("cannot share the screen: %s", why)
+        await engine.stop()
+        await lan.stop()
+        return 1
     reporter = asyncio.get_running_loop().create_task(printer.report_media()) if printer is not None else None
     try:
         if args.call:

@@ -651,7 +651,7 @@ class Hub:
             return
         rc = self.room_call_ids.get(msg.call_id)
         if rc is not None:
-            if not isinstance(msg, (p.WebrtcOffer, p.WebrtcAnswer, p.WebrtcIceCandidate)):
+            if not isinstance(msg, (p.WebrtcOffer, p.WebrtcAnswer, p.WebrtcIceCandidate, p.ScreenShare)):
                 self._error(conn, p.INVALID_STATE, f"'{msg.type}' has no place in a room's call; send "
                             "room_call_leave to leave it", msg.call_id)
             elif user not in rc.media or msg.to not in rc.media or msg.to == user:

@@ -464,6 +464,15 @@ class WebrtcIceCandidate(Relayed):
     sdpMLineIndex: int | None = spec(nullable(integer(0, 1000)), default=None)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ScreenShare(Relayed):
+    """The sender started (active) or stopped sharing its screen in this call: its frames come on the peer
+    connection's screen transceiver, whose track id starts with "screen-" (docs/protocol.md §3.3)."""
+
+    type: ClassVar[str] = "screen_share"
+    active: bool = spec(boolean)
+
+
 # -- channels --
 
 
@@ -587,7 +596,7 @@ CLIENT_TYPES = frozenset(
     for t in (
         Hello, Bye, CallIncoming, CallAccepted, CallRejected, CallEnded,
         WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage, Chat, RoomCallJoin,
-        RoomCallLeave,
+        RoomCallLeave, ScreenShare,
     )
 )
 

@@ -1,17 +1,22 @@
-"""Probes for the components some tests need (PortAudio with a PulseAudio null sink, mDNS on loopback).
+"""Probes for the components some tests need (PortAudio with a PulseAudio null sink, mDNS on loopback, an X
+display to share), and the X display itself.
 
-A test calls require_audio() or require_multicast(): without the component it skips, saying what is
-missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1, which CI sets.
+A test calls require_audio(), require_multicast() or uses x_display(): without the component it skips, saying
+what is missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1 /
+CALLBOX_REQUIRE_DISPLAY=1, which CI sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import select
 import shutil
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -146,3 +151,56 @@ def multicast_unavailable() -> str | None:
 
 def require_multicast() -> None:
     _require(multicast_unavailable(), "CALLBOX_REQUIRE_MULTICAST", "mDNS on loopback")
+
+
+FILL = """
+import sys
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QApplication, QWidget
+app = QApplication(sys.argv[:1])
+w = QWidget()
+palette = w.palette()
+palette.setColor(QPalette.ColorRole.Window, QColor(sys.argv[1]))
+w.setPalette(palette)
+w.setAutoFillBackground(True)
+w.setGeometry(app.primaryScreen().geometry())
+w.show()
+print("shown", flush=True)
+app.exec()
+"""
+
+
+@contextlib.contextmanager
+def x_display(width: int = 1280, height: int = 720, color: str = "#3366cc"):
+    """A virtual X display (Xvfb) filled with one colour by a full-screen window; yields its DISPLAY value."""
+    xvfb = shutil.which("Xvfb")
+    _require(None if xvfb else "Xvfb not found (Debian package xvfb)", "CALLBOX_REQUIRE_DISPLAY", "an X display")
+    read, write = os.pipe()
+    server = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", f"{width}x{height}x24",
+                               "-nolisten", "tcp"], pass_fds=(write,), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    os.close(write)
+    fill = None
+    try:
+        with os.fdopen(read) as f:
+            number = f.readline().strip()
+        if not number:
+            _require(f"Xvfb exited ({server.poll()}) before it named its display", "CALLBOX_REQUIRE_DISPLAY",
+                     "an X display")
+        display = f":{number}"
+        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+        fill = subprocess.Popen([sys.executable, "-c", FILL, color], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        if fill.stdout.readline().strip() != "shown":
+            _require(f"a window could not be shown on Xvfb: {fill.stderr.read()[-500:]}", "CALLBOX_REQUIRE_DISPLAY",
+                     "an X display")
+        time.sleep(0.3)  # painted
+        yield display
+    finally:
+        for proc in (fill, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()

@@ -267,6 +267,26 @@ class Engine:
             self.pins.accept(user_id, info.key)
             self._emit(ev.UsersChanged(tuple(self.users)))
 
+    def share_screen(self, on: bool) -> str | None:
+        """Share the screen in every call, now and later, or stop; why it cannot start, or None."""
+        me = self.config.user_id
+        if on:
+            why = self.media.start_sharing()
+            if why is not None:
+                self._emit(ev.ScreenShared("", me, False, why))
+                return why
+        else:
+            self.media.stop_sharing()
+        for pair in self._pairs():
+            pair.tell_sharing(on)
+        self._emit(ev.ScreenShared("", me, on))
+        return None
+
+    def _pairs(self) -> list[Pair]:
+        """Every live peer pair: each 1:1 call's, and the room call's."""
+        pairs = [s.pair for s in self.sessions.values() if s.call.live and s.echo is None]
+        return pairs + (list(self._rooms.call.pairs.values()) if self._rooms.call is not None else [])
+
     def set_muted(self, muted: bool) -> None:
         self.media.set_muted(muted)
 
@@ -288,11 +308,14 @@ class Engine:
         def on_video(frame) -> None:
             self._emit(ev.RemoteVideo(call_id, frame))
 
+        def on_screen(frame) -> None:
+            self._emit(ev.RemoteScreen(call_id, peer, frame))
+
         pair = Pair(call_id, cfg.user_id, peer, offerer=direction == "outgoing", media=self.media,
                     config=self._pair_config(), send=self.signaling.send,
                     report=lambda what: self._pair_report(s, what),
                     identity=self.identity, peer_key=lambda: self._peer_key(peer),
-                    kinds=sending(call.media, want), on_video=on_video,
+                    kinds=sending(call.media, want), on_video=on_video, on_screen=on_screen,
                     local_answer=echo.answer if echo is not None else None)
         s = CallSession(call, direction, peer_name, want, pair, echo=echo)
         return s
@@ -340,6 +363,8 @@ class Engine:
                                                 reason=what.reason))
         elif isinstance(what, pair_events.Secured):
             self._emit(ev.CallSecurity(s.call.call_id, what.verified, what.safety_code))
+        elif isinstance(what, pair_events.Sharing):
+            self._emit(ev.ScreenShared(s.call.call_id, s.call.peer_of(self.config.user_id), what.active))
 
     def _changed(self, s: CallSession) -> None:
         c = s.call
@@ -458,7 +483,7 @@ class Engine:
         elif isinstance(msg, p.WebrtcOffer):
             if s.call.established:  # an offer before we accepted, or after the end, is not answered
                 s.pair.receive(msg)
-        elif isinstance(msg, (p.WebrtcAnswer, p.WebrtcIceCandidate)):
+        elif isinstance(msg, (p.WebrtcAnswer, p.WebrtcIceCandidate, p.ScreenShare)):
             s.pair.receive(msg)
 
     def _error(self, msg: p.Error) -> None:

@@ -181,6 +181,23 @@ class RoomVideo:
 
 
 @dataclass(frozen=True)
+class ScreenShared:
+    """Someone in a call (1:1 or a room's) started or stopped sharing their screen; or we did (peer is us)."""
+
+    call_id: str
+    peer: str
+    active: bool
+    problem: str | None = None  # when our own share could not start: why
+
+
+@dataclass(frozen=True)
+class RemoteScreen:
+    call_id: str
+    peer: str
+    frame: object  # av.VideoFrame
+
+
+@dataclass(frozen=True)
 class RemoteVideo:
     call_id: str
     frame: object  # av.VideoFrame
@@ -188,4 +205,4 @@ class RemoteVideo:
 
 Event = (ConnectionChanged | UsersChanged | IncomingCall | CallChanged | DeviceProblem | ServerError | Redirected
          | Moving | Hosting | KeyChanged | CallSecurity | RemoteVideo | RoomsChanged | RoomChanged | RoomText
-         | DirectText | ChatStatus | RoomCallChanged | RoomVideo)
+         | DirectText | ChatStatus | RoomCallChanged | RoomVideo | ScreenShared | RemoteScreen)

@@ -1,8 +1,10 @@
-"""The local devices a call uses, shared through MediaRelay and opened and closed by reference count."""
+"""The local devices a call uses, shared through MediaRelay and opened and closed by reference count; and the
+screen while it is shared, sent through every peer connection's share slot."""
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Hashable
 
 from aiortc.contrib.media import MediaRelay
@@ -10,6 +12,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from . import camera as cams
 from .audio import DeviceMissing, Microphone, Speaker, list_audio_devices, open_or_report, pick
+from .screen import SHARE_MAX_SIDE, ScreenSource, ShareSlot, share_problem
 from .tracks import (
     AudioTrack,
     BlackSource,
@@ -66,6 +69,8 @@ class LocalMedia:
         self._proxies: dict[str, set[MediaStreamTrack]] = {"audio": set(), "video": set()}
         self._speaker: Speaker | None = None
         self._speaker_users = 0
+        self._screen: VideoTrack | None = None  # the shared screen, while it is shared
+        self._slots: weakref.WeakSet[ShareSlot] = weakref.WeakSet()  # every live peer connection's
 
     # ------------------------------------------------------------ problems
 
@@ -190,6 +195,42 @@ class LocalMedia:
             track.stop()  # closes the device; the relay's reader sees the end and stops
             log.info("%s device released", kind)
 
+    # ------------------------------------------------------------ screen sharing
+
+    @property
+    def sharing(self) -> bool:
+        return self._screen is not None
+
+    def share_slot(self) -> ShareSlot:
+        """A new peer connection's screen slot: it sends the share while there is one."""
+        slot = ShareSlot()
+        self._slots.add(slot)
+        if self._screen is not None:
+            slot.attach(self._relay.subscribe(self._screen, buffered=False))
+        return slot
+
+    def start_sharing(self, source=None) -> str | None:
+        """Share the screen (or `source`, anything with next_frame) in every call; why it cannot be, or None."""
+        if self._screen is None:
+            if source is None:
+                why = share_problem()
+                if why is not None:
+                    return why
+                source = ScreenSource()
+            self._screen = VideoTrack(source, size=(SHARE_MAX_SIDE, SHARE_MAX_SIDE))
+            for slot in list(self._slots):
+                slot.attach(self._relay.subscribe(self._screen, buffered=False))
+            log.info("screen shared")
+        return None
+
+    def stop_sharing(self) -> None:
+        screen, self._screen = self._screen, None
+        if screen is not None:
+            for slot in list(self._slots):
+                slot.attach(None)  # ends each subscription
+            screen.stop()  # and the capture thread
+            log.info("screen no longer shared")
+
     # ------------------------------------------------------------ speaker
 
     def acquire_speaker(self) -> Speaker | None:
@@ -231,6 +272,7 @@ class LocalMedia:
     # ------------------------------------------------------------ end
 
     def close(self) -> None:
+        self.stop_sharing()
         for kind in ("audio", "video"):
             for proxy in list(self._proxies[kind]):
                 proxy.stop()

@@ -54,6 +54,13 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Sharing:
+    """The peer started (active) or stopped sharing its screen."""
+
+    active: bool
+
+
+@dataclass(frozen=True)
 class Secured:
     """After each negotiation: whether the peer signed its DTLS fingerprints, and the safety code both sides see."""
 
@@ -61,7 +68,7 @@ class Secured:
     safety_code: str | None
 
 
-Report = MediaUp | MediaDown | Failed | Secured
+Report = MediaUp | MediaDown | Failed | Secured | Sharing
 
 
 class Pair:
@@ -70,6 +77,7 @@ class Pair:
                  identity: Identity | None = None, peer_key: Callable[[], str | None] = lambda: None,
                  kinds: tuple[str, ...] = ("audio",), receiving: tuple[str, ...] = (),
                  on_video: Callable[[object], None] | None = None,
+                 on_screen: Callable[[object], None] | None = None,
                  local_answer: Callable[[str], Awaitable[str]] | None = None):
         """`key` names the pair on the wire (the call id) and in its signatures; `peer_key` gives the key the peer
         must sign with (None: it has none); `kinds` is what we send, settable until negotiation; `receiving` is
@@ -81,7 +89,7 @@ class Pair:
         self.send, self.report = send, report
         self.identity, self.peer_key = identity, peer_key
         self.kinds, self.receiving = kinds, receiving
-        self.on_video = on_video
+        self.on_video, self.on_screen = on_video, on_screen
         self.local_answer = local_answer
         self.received = Received()  # across every peer connection the pair had
         self.pc: PeerSession | None = None
@@ -104,18 +112,28 @@ class Pair:
         if self._watch is None and not self.stopped:
             self.started_at = time.monotonic()
             self._watch = self._tasks.spawn(self._watch_media(), f"pair {self.key} watch")
+            if self.media.sharing and self.local_answer is None:
+                self.tell_sharing(True)
+
+    def tell_sharing(self, active: bool) -> None:
+        """Tell the peer that our screen share started or stopped (its frames come on the screen slot)."""
+        if self.started_at is not None and not self.stopped and self.local_answer is None:
+            self.send(p.ScreenShare(to=self.peer, call_id=self.key, active=active))
 
     def offer(self) -> None:
         self._tasks.spawn(self.connect(), f"pair {self.key} offer")
 
     def receive(self, msg: p.Relayed) -> None:
-        """An offer, answer or ICE candidate from the peer."""
+        """An offer, answer or ICE candidate from the peer, or word of its screen share."""
         if isinstance(msg, p.WebrtcOffer):
             self._tasks.spawn(self.on_offer(msg), f"pair {self.key} answer")
         elif isinstance(msg, p.WebrtcAnswer):
             self._tasks.spawn(self.on_answer(msg), f"pair {self.key} accept answer")
         elif isinstance(msg, p.WebrtcIceCandidate):
             self._tasks.spawn(self.on_candidate(msg), f"pair {self.key} candidate")
+        elif isinstance(msg, p.ScreenShare):
+            self.received.screen_active = msg.active
+            self._report(Sharing(msg.active))
 
     def stop(self) -> None:
         """The pair's call ended: from now on nothing is negotiated, sent or reported."""
@@ -149,7 +167,7 @@ class Pair:
 
         return PeerSession(self.key, self.media, self.received, kinds=self.kinds, receiving=self.receiving,
                            ice_servers=self.config.ice_servers, analyze_video=self.config.analyze_video,
-                           on_state=on_state, on_video=self.on_video)
+                           on_state=on_state, on_video=self.on_video, on_screen=self.on_screen)
 
     async def connect(self) -> None:
         """Offering side: build a peer connection and offer (again, when repairing)."""

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from .media import LocalMedia
+from .screen import SCREEN_PREFIX
 from .tasks import Tasks
 from .tracks import dominant_hz, read_counter
 
@@ -42,6 +43,10 @@ class Received:
     level: float = 0.0  # 0..1: RMS of the remote audio, smoothed over ~150 ms (a full-scale sine is 0.71)
     _power: float = field(default=0.0, repr=False)  # the smoothed mean square behind `level`
     silent_since: float | None = None  # monotonic time since when every block was digital silence
+    screen_active: bool = False  # the peer says it shares its screen (screen_share)
+    screen_frames: int = 0  # frames of its share decoded
+    screen_size: tuple[int, int] = (0, 0)
+    screen_rgb: tuple[float, float, float] | None = None  # the mean colour of the last share frame
 
     def hear(self, block: np.ndarray, seconds: float) -> None:
         """Fold one decoded int16 block lasting `seconds` into `level`: a mean square averaged exponentially
@@ -72,8 +77,10 @@ class Received:
 
 
 def ice_config(servers: list[dict]) -> RTCConfiguration:
-    """RTCConfiguration from settings; none by default, which keeps LAN calls from waiting on STUN."""
-    return RTCConfiguration(iceServers=[
+    """RTCConfiguration from settings; no ICE servers by default, which keeps LAN calls from waiting on STUN.
+    Every m-line shares one transport from the start (max-bundle): with aiortc's "balanced" policy a second
+    video m-line (the screen slot) keeps a transport that the answer's BUNDLE group then discards."""
+    return RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE, iceServers=[
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")) for s in servers
     ])
 
@@ -84,14 +91,16 @@ class PeerSession:
     def __init__(self, call_id: str, media: LocalMedia, received: Received, *, kinds: tuple[str, ...],
                  ice_servers: list[dict], receiving: tuple[str, ...] = (), analyze_video: bool = False,
                  on_state: Callable[[str], None] = lambda s: None,
-                 on_video: Callable[[object], None] | None = None):
+                 on_video: Callable[[object], None] | None = None,
+                 on_screen: Callable[[object], None] | None = None):
         self.call_id = call_id
         self.media = media
         self.received = received
         self.kinds = kinds
         self.receiving = receiving  # kinds we only receive: an offer asks for them with a recvonly transceiver
         self.analyze_video = analyze_video
-        self.on_video = on_video
+        self.on_video, self.on_screen = on_video, on_screen
+        self.slot = media.share_slot()  # our screen transceiver's track: the share, while there is one
         self.pc = RTCPeerConnection(ice_config(ice_servers))
         self.tasks = Tasks()
         self.senders: dict[str, object] = {}
@@ -104,7 +113,8 @@ class PeerSession:
 
         @self.pc.on("track")
         def _track(track: MediaStreamTrack) -> None:
-            consume = self._consume_audio if track.kind == "audio" else self._consume_video
+            consume = self._consume_audio if track.kind == "audio" else \
+                self._consume_screen if track.id.startswith(SCREEN_PREFIX) else self._consume_video
             self.tasks.spawn(consume(track), f"call {call_id} {track.kind} in")
 
     def _add_local_tracks(self) -> None:
@@ -117,6 +127,7 @@ class PeerSession:
         for kind in self.receiving:
             if kind not in self.kinds:
                 self.pc.addTransceiver(kind, direction="recvonly")
+        self.senders["screen"] = self.pc.addTrack(self.slot)  # last: a camera's m-line comes before it
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp  # aiortc puts every candidate in the SDP
 
@@ -124,7 +135,12 @@ class PeerSession:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
             kind = transceiver.kind
-            if kind in self.kinds and kind not in self.senders:
+            remote = transceiver.receiver.track
+            if remote is not None and remote.id.startswith(SCREEN_PREFIX):  # the peer's screen slot: ours answers
+                transceiver.sender.replaceTrack(self.slot)
+                transceiver.direction = "sendrecv"
+                self.senders["screen"] = transceiver.sender
+            elif kind in self.kinds and kind not in self.senders:
                 track = self.media.subscribe_audio() if kind == "audio" else self.media.subscribe_video()
                 transceiver.sender.replaceTrack(track)
                 transceiver.direction = "sendrecv"
@@ -186,6 +202,20 @@ class PeerSession:
         except MediaStreamError:
             pass
 
+    async def _consume_screen(self, track: MediaStreamTrack) -> None:
+        r = self.received
+        try:
+            while True:
+                frame = await track.recv()
+                r.screen_frames += 1
+                r.screen_size = (frame.width, frame.height)
+                small = frame.reformat(width=32, height=18, format="rgb24").to_ndarray()
+                r.screen_rgb = tuple(round(float(c), 1) for c in small.reshape(-1, 3).mean(axis=0))
+                if self.on_screen is not None:
+                    self.on_screen(frame)
+        except MediaStreamError:
+            pass
+
     async def stats(self) -> dict:
         """Round-trip time, loss and bitrate figures for a quality indicator."""
         out = {"rtt_ms": None, "packets_lost": 0, "packets_received": 0, "bytes_received": 0}
@@ -207,6 +237,7 @@ class PeerSession:
         for sender in self.senders.values():
             if sender.track is not None:
                 sender.track.stop()  # ends the relay proxy; the device closes with its last user
+        self.slot.stop()  # sent or not (an older peer has no screen transceiver), its share subscription ends
         try:
             await asyncio.wait_for(self.pc.close(), CLOSE_TIMEOUT)
         except TimeoutError:

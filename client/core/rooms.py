@@ -326,10 +326,13 @@ class Rooms:
         def on_video(frame) -> None:
             self.emit(ev.RoomVideo(room, user, frame))
 
+        def on_screen(frame) -> None:
+            self.emit(ev.RemoteScreen(c.call_id, user, frame))
+
         pair = Pair(c.call_id, self.me, user, offerer=offerer, media=self.media, config=self.pair_config(),
                     send=self.send, report=lambda what: self._pair_report(user, pair, what),
                     identity=self.identity, peer_key=lambda: self.peer_key(user), kinds=c.media,
-                    receiving=c.peer_media.get(user, ("audio",)), on_video=on_video)
+                    receiving=c.peer_media.get(user, ("audio",)), on_video=on_video, on_screen=on_screen)
         c.pairs[user] = pair
         pair.start()
         return pair
@@ -343,6 +346,8 @@ class Rooms:
             self._end_pair(user, what.reason)
         if isinstance(what, (pair_events.MediaUp, pair_events.MediaDown, pair_events.Failed)):
             self.emit(ev.RoomChanged(c.room))
+        if isinstance(what, pair_events.Sharing):
+            self.emit(ev.ScreenShared(c.call_id, user, what.active))
 
     def _end_pair(self, user: str, reason: str | None) -> None:
         c = self.call

@@ -205,7 +205,10 @@ class App:
         except TimeoutError:
             log.warning("background work did not finish in 10 s; cancelling it")
         await self.tasks.close()
-        await self.disconnect()
+        try:
+            await asyncio.wait_for(self.disconnect(), 15)  # quitting must not hang on a stuck connection
+        except TimeoutError:
+            log.warning("disconnecting took over 15 s; quitting anyway")
         if self.window.ringtone is not None:
             self.window.ringtone.stop()
         self.history.close()

@@ -33,6 +33,8 @@ class EngineBridge(QObject):
     chatStatus = Signal(str, str, str)  # the other person, line id, why it was not delivered
     roomCallChanged = Signal(object)  # events.RoomCallChanged
     roomVideo = Signal(str, str, QImage)  # room, peer, frame
+    remoteScreen = Signal(str, str, QImage)  # call_id, peer, a frame of their screen share
+    screenShared = Signal(object)  # events.ScreenShared
 
     def __init__(self, engine, parent=None):
         super().__init__(parent)
@@ -43,10 +45,12 @@ class EngineBridge(QObject):
         engine.subscribe(self.on_event)
 
     def on_event(self, e) -> None:
-        if isinstance(e, (ev.RemoteVideo, ev.RoomVideo)):
+        if isinstance(e, (ev.RemoteVideo, ev.RoomVideo, ev.RemoteScreen)):
             # Frames can arrive faster than the screen paints; keep the newest and convert it once per turn.
             first = not self._latest
-            self._latest[e.call_id if isinstance(e, ev.RemoteVideo) else (e.room, e.peer)] = e.frame
+            key = e.call_id if isinstance(e, ev.RemoteVideo) else ("room", e.room, e.peer) if isinstance(
+                e, ev.RoomVideo) else ("screen", e.call_id, e.peer)
+            self._latest[key] = e.frame
             if first:
                 self._flush.start()
         elif isinstance(e, ev.ConnectionChanged):
@@ -79,11 +83,15 @@ class EngineBridge(QObject):
             self.chatStatus.emit(e.peer, e.id, e.reason)
         elif isinstance(e, ev.RoomCallChanged):
             self.roomCallChanged.emit(e)
+        elif isinstance(e, ev.ScreenShared):
+            self.screenShared.emit(e)
 
     def _emit_video(self) -> None:
         latest, self._latest = self._latest, {}
         for key, frame in latest.items():
-            if isinstance(key, tuple):
-                self.roomVideo.emit(*key, to_qimage(frame))
-            else:
+            if isinstance(key, str):
                 self.remoteVideo.emit(key, to_qimage(frame))
+            elif key[0] == "room":
+                self.roomVideo.emit(key[1], key[2], to_qimage(frame))
+            else:
+                self.remoteScreen.emit(key[1], key[2], to_qimage(frame))

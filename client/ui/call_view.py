@@ -107,6 +107,14 @@ class CallPage(QWidget):
         self.remote.setAccessibleName("Remote video")
         self.preview = VideoView("", self.remote)
         self.preview.setAccessibleName("Your camera")
+        self.corner = VideoView("", self.remote)  # their camera, while their screen fills the view
+        self.corner.setAccessibleName("Their camera")
+        self.corner.hide()
+        self.share_label = QLabel(self.remote, objectName="shareLabel")
+        self.share_label.setStyleSheet("background: rgba(0,0,0,150); color: white; padding: 4px 8px;"
+                                       "border-radius: 4px;")
+        self.share_label.hide()
+        self.their_share = False  # the other side's screen fills the view
         self.preview.hide()
         self.overlay = QLabel("Reconnecting…", self.remote)
         self.overlay.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -125,6 +133,8 @@ class CallPage(QWidget):
         self.level.setToolTip("Microphone level")
         self.level.setAccessibleName("Microphone level")
 
+        self.share = call_button("screen", "Share your screen (Ctrl+Shift+S)", "Ctrl+Shift+S", checkable=True)
+        self.share.toggled.connect(self.on_share)
         self.chat_button = call_button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
                                         checkable=True)
         self.chat = ChatView()
@@ -135,6 +145,7 @@ class CallPage(QWidget):
         controls.addWidget(self.mute)
         controls.addWidget(self.level)
         controls.addWidget(self.cam)
+        controls.addWidget(self.share)
         controls.addWidget(self.chat_button)
         controls.addStretch()
         controls.addWidget(self.hang)
@@ -213,6 +224,11 @@ class CallPage(QWidget):
         self.overlay.hide()
         self.chat_button.setVisible(peer is not None)
         self.chat_button.setChecked(False)
+        self.share.setVisible(peer is not None)
+        self.share.blockSignals(True)
+        self.share.setChecked(self.engine.media.sharing)
+        self.share.blockSignals(False)
+        self._show_share(False)
         self.fill_devices()
         self.ticker.start()
         self.stats_timer.start()
@@ -254,7 +270,32 @@ class CallPage(QWidget):
 
     def on_remote_frame(self, call_id: str, image) -> None:
         if call_id == self.call_id:
+            (self.corner if self.their_share else self.remote).on_frame(image)
+
+    def on_remote_screen(self, call_id: str, peer: str, image) -> None:
+        if call_id == self.call_id and self.their_share:
             self.remote.on_frame(image)
+
+    def on_screen_shared(self, e) -> None:
+        """Someone started or stopped sharing: the other side (their screen fills the view), or we (the button)."""
+        if e.call_id == self.call_id and e.call_id:
+            self._show_share(e.active)
+        elif not e.call_id:  # ours
+            self.share.blockSignals(True)
+            self.share.setChecked(e.active)
+            self.share.blockSignals(False)
+            self.share.setToolTip(f"You cannot share your screen: {e.problem}" if e.problem else
+                                  ("Stop sharing your screen" if e.active else "Share your screen") + " (Ctrl+Shift+S)")
+
+    def _show_share(self, on: bool) -> None:
+        self.their_share = on
+        self.corner.setVisible(on)
+        self.share_label.setVisible(on)
+        self.share_label.setText(f"{self.peer_name}'s screen")
+        self.share_label.adjustSize()
+        self.remote.clear("Waiting for the shared screen…" if on else None)
+        self.corner.clear()
+        self._place_overlays()
 
     def stop(self) -> None:
         self.ticker.stop()
@@ -264,7 +305,10 @@ class CallPage(QWidget):
             self._preview_task = None
         self.preview.hide()
         self.overlay.hide()
+        self._show_share(False)
         self.call_id = None
+        if self.engine is not None and self.engine.media.sharing:
+            self.engine.share_screen(False)  # a share belongs to its call
 
     # ------------------------------------------------------------ slots (callable from tests)
 
@@ -276,6 +320,14 @@ class CallPage(QWidget):
         self.engine.set_muted(muted)
         self.mute.setIcon(icon("mic-off" if muted else "mic"))
         self.mute.setToolTip(("Unmute" if muted else "Mute") + " the microphone (Ctrl+Shift+M)")
+
+    def on_share(self, on: bool) -> None:
+        why = self.engine.share_screen(on)
+        if why is not None:
+            self.share.blockSignals(True)
+            self.share.setChecked(False)
+            self.share.blockSignals(False)
+            self.status.setText(f"Cannot share your screen: {why}")
 
     def on_camera(self, off: bool) -> None:
         self.engine.set_camera(not off)
@@ -339,5 +391,7 @@ class CallPage(QWidget):
         w, h = self.remote.width(), self.remote.height()
         pw = max(120, w // 4)
         self.preview.setGeometry(w - pw - 12, h - pw * 3 // 4 - 12, pw, pw * 3 // 4)
+        self.corner.setGeometry(w - pw - 12, 12, pw, pw * 3 // 4)
+        self.share_label.move(12, 12)
         self.overlay.adjustSize()
         self.overlay.move((w - self.overlay.width()) // 2, (h - self.overlay.height()) // 2)
