@@ -69,6 +69,19 @@ def end_button(page: QWidget, text: str, tip: str) -> QPushButton:
     return b
 
 
+def share_button() -> QPushButton:
+    return call_button("screen", "Share your screen (Ctrl+Shift+S)", "Ctrl+Shift+S", checkable=True)
+
+
+def show_own_share(button: QPushButton, e) -> None:
+    """Our share started, stopped or could not start (an events.ScreenShared of ours): the button says so."""
+    button.blockSignals(True)
+    button.setChecked(e.active)
+    button.blockSignals(False)
+    button.setToolTip(f"You cannot share your screen: {e.problem}" if e.problem else
+                      ("Stop sharing your screen" if e.active else "Share your screen") + " (Ctrl+Shift+S)")
+
+
 def clock(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -133,7 +146,7 @@ class CallPage(QWidget):
         self.level.setToolTip("Microphone level")
         self.level.setAccessibleName("Microphone level")
 
-        self.share = call_button("screen", "Share your screen (Ctrl+Shift+S)", "Ctrl+Shift+S", checkable=True)
+        self.share = share_button()
         self.share.toggled.connect(self.on_share)
         self.chat_button = call_button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
                                         checkable=True)
@@ -280,12 +293,8 @@ class CallPage(QWidget):
         """Someone started or stopped sharing: the other side (their screen fills the view), or we (the button)."""
         if e.call_id == self.call_id and e.call_id:
             self._show_share(e.active)
-        elif not e.call_id:  # ours
-            self.share.blockSignals(True)
-            self.share.setChecked(e.active)
-            self.share.blockSignals(False)
-            self.share.setToolTip(f"You cannot share your screen: {e.problem}" if e.problem else
-                                  ("Stop sharing your screen" if e.active else "Share your screen") + " (Ctrl+Shift+S)")
+        elif not e.call_id:
+            show_own_share(self.share, e)
 
     def _show_share(self, on: bool) -> None:
         self.their_share = on
@@ -322,11 +331,7 @@ class CallPage(QWidget):
         self.mute.setToolTip(("Unmute" if muted else "Mute") + " the microphone (Ctrl+Shift+M)")
 
     def on_share(self, on: bool) -> None:
-        why = self.engine.share_screen(on)
-        if why is not None:
-            self.share.blockSignals(True)
-            self.share.setChecked(False)
-            self.share.blockSignals(False)
+        if (why := self.engine.share_screen(on)) is not None:  # the button is unchecked by the event
             self.status.setText(f"Cannot share your screen: {why}")
 
     def on_camera(self, off: bool) -> None:

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QSplitte
 
 from client.core.tasks import Tasks
 
-from .call_view import call_button, end_button
+from .call_view import call_button, end_button, share_button, show_own_share
 from .chat_view import ChatView
 from .resources import icon
 from .video import VideoView, show_preview
@@ -84,8 +84,24 @@ class RoomCallPage(QWidget):
         self.chat = ChatView(placeholder="Message the room…")
         self.chat.setMinimumWidth(180)
         self.chat.setMaximumWidth(320)
+        self.sharer: str | None = None  # whose screen fills the stage
+        self.share_view = VideoView("")
+        self.share_view.setAccessibleName("Shared screen")
+        self.share_label = QLabel(objectName="shareLabel")
+        self.share_label.setStyleSheet("font-weight: 600;")
+        self.stage = QWidget()
+        stage = QVBoxLayout(self.stage)
+        stage.setContentsMargins(0, 0, 0, 0)
+        stage.addWidget(self.share_label)
+        stage.addWidget(self.share_view, 1)
+        self.stage.hide()
+        left = QWidget()
+        column = QVBoxLayout(left)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.addWidget(self.stage, 3)
+        column.addWidget(self.grid_host, 1)
         split = QSplitter()
-        split.addWidget(self.grid_host)
+        split.addWidget(left)
         split.addWidget(self.chat)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 0)
@@ -94,11 +110,14 @@ class RoomCallPage(QWidget):
         self.mute.toggled.connect(self.on_mute)
         self.cam = call_button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
         self.cam.toggled.connect(self.on_camera)
+        self.share = share_button()
+        self.share.toggled.connect(self.on_share)
         self.leave = end_button(self, "Leave", "Leave the call")
         self.leave.clicked.connect(self.on_leave)
         controls = QHBoxLayout()
         controls.addWidget(self.mute)
         controls.addWidget(self.cam)
+        controls.addWidget(self.share)
         controls.addStretch()
         controls.addWidget(self.leave)
 
@@ -155,6 +174,9 @@ class RoomCallPage(QWidget):
         for user in list(self.tiles):
             if user not in c.peer_media:
                 self.tiles.pop(user).deleteLater()
+        if self.sharer is not None and self.sharer not in c.peer_media:  # the sharer left the call
+            self.sharer = None
+            self.stage.hide()
         for user in c.peer_media:
             if user not in self.tiles:
                 name = self.engine.name_of(user)
@@ -170,12 +192,31 @@ class RoomCallPage(QWidget):
         if room == self.room and tile is not None:
             tile.video.on_frame(image)
 
+    def on_screen_shared(self, e) -> None:
+        """A participant's share fills the stage above the grid, until it stops; ours sets the button."""
+        c = self.engine.room_call if self.engine is not None else None
+        if not e.call_id:
+            show_own_share(self.share, e)
+        elif c is not None and e.call_id == c.call_id and (e.active or e.peer == self.sharer):
+            self.sharer = e.peer if e.active else None
+            self.share_label.setText(f"{self.engine.name_of(e.peer)}'s screen" if e.active else "")
+            self.share_view.clear("Waiting for the shared screen…")
+            self.stage.setVisible(e.active)
+
+    def on_remote_screen(self, call_id: str, peer: str, image) -> None:
+        if peer == self.sharer and self.room is not None:
+            self.share_view.on_frame(image)
+
     def stop(self) -> None:
         self.ticker.stop()
         if self._preview_task is not None:
             self._preview_task.cancel()
             self._preview_task = None
         self.room = None
+        self.sharer = None
+        self.stage.hide()
+        if self.engine is not None and self.engine.media.sharing:
+            self.engine.share_screen(False)  # a share belongs to its call
 
     # ------------------------------------------------------------ slots (callable from tests)
 
@@ -187,6 +228,11 @@ class RoomCallPage(QWidget):
         self.engine.set_muted(muted)
         self.mute.setIcon(icon("mic-off" if muted else "mic"))
         self.me.set_state(speaking=False, muted=muted)
+
+    def on_share(self, on: bool) -> None:
+        if (why := self.engine.share_screen(on)) is not None:  # the button is unchecked by the event
+            self.notice.setText(f"Cannot share your screen: {why}")
+            self.notice.show()
 
     def on_camera(self, off: bool) -> None:
         self.engine.set_camera(not off)

@@ -245,8 +245,9 @@ class MainWindow(QMainWindow):
         bridge.chatStatus.connect(self.on_chat_status)
         bridge.roomCallChanged.connect(self.on_room_call_changed)
         bridge.roomVideo.connect(self.room_call_page.on_room_video)
-        bridge.remoteScreen.connect(self.call_page.on_remote_screen)
-        bridge.screenShared.connect(self.call_page.on_screen_shared)
+        for page in (self.call_page, self.room_call_page):
+            bridge.remoteScreen.connect(page.on_remote_screen)
+            bridge.screenShared.connect(page.on_screen_shared)
         self._show_connection()
         self.on_rooms_changed()
 

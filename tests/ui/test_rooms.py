@@ -245,3 +245,36 @@ def test_the_fifth_with_video_is_told_why_it_sends_audio_and_a_full_call_says_so
                     await f.close()
 
     qloop.run_until_complete(scenario())
+
+
+def test_a_share_in_a_room_call_fills_the_stage_above_the_grid(qtbot, qloop, tmp_path, monkeypatch):
+    from tests.components import x_display
+
+    with x_display(1280, 720) as display:
+        monkeypatch.setenv("DISPLAY", display)
+
+        async def scenario():
+            async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
+                alice, bob = await online_pair(tmp_path, srv.url)
+                try:
+                    aw, bw = alice.window, bob.window
+                    for w in (aw, bw):
+                        await join_by_click(qtbot, w, "team")
+                    for w in (aw, bw):
+                        await until(lambda w=w: w.rooms_page.pane.members.count() == 2, 5, "both in the room")
+                        qtbot.mouseClick(w.rooms_page.pane.join_call, LEFT)
+                    await until(lambda: "alice" in bw.room_call_page.tiles, 10, "Alice's tile at Bob's")
+                    qtbot.mouseClick(aw.room_call_page.share, LEFT)
+                    page = bw.room_call_page
+                    await until(lambda: page.stage.isVisibleTo(page) and page.share_view.frames > 5, 10, "the stage")
+                    assert page.share_label.text() == "Alice's screen" and page.share_view.image.width() == 1280
+                    assert aw.room_call_page.share.isChecked() and page.grid.count() == 2
+                    shot(bw, "room_share")
+                    qtbot.mouseClick(aw.room_call_page.share, LEFT)
+                    await until(lambda: not page.stage.isVisibleTo(page), 5, "the stage taken down")
+                    assert not alice.engine.media.sharing
+                finally:
+                    await alice.shutdown()
+                    await bob.shutdown()
+
+        qloop.run_until_complete(scenario())
