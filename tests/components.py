@@ -9,6 +9,7 @@ CALLBOX_REQUIRE_DISPLAY=1, which CI sets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import select
@@ -16,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -154,25 +154,51 @@ def require_multicast() -> None:
 
 
 FILL = """
-import sys
+import sys, threading
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication, QWidget
 app = QApplication(sys.argv[:1])
 w = QWidget()
-palette = w.palette()
-palette.setColor(QPalette.ColorRole.Window, QColor(sys.argv[1]))
-w.setPalette(palette)
 w.setAutoFillBackground(True)
 w.setGeometry(app.primaryScreen().geometry())
+asked = [sys.argv[1]]
+def paint():
+    if asked:
+        color = asked.pop(0)
+        palette = w.palette()
+        palette.setColor(QPalette.ColorRole.Window, QColor(color))
+        w.setPalette(palette)
+        w.repaint()
+        app.sync()
+        print("painted", color, flush=True)
+threading.Thread(target=lambda: [asked.append(line.strip()) for line in sys.stdin], daemon=True).start()
+timer = QTimer(interval=5)
+timer.timeout.connect(paint)
+timer.start()
 w.show()
-print("shown", flush=True)
 app.exec()
 """
 
 
+@dataclasses.dataclass
+class XDisplay:
+    """A virtual X display and the full-screen window that colours it."""
+
+    name: str  # the DISPLAY value, e.g. ":3"
+    fill: subprocess.Popen
+
+    def paint(self, color: str) -> None:
+        """Fill the screen with another colour; returns once it is painted."""
+        self.fill.stdin.write(color + "\n")
+        self.fill.stdin.flush()
+        while (line := self.fill.stdout.readline()) and line.split()[-1:] != [color]:
+            pass
+
+
 @contextlib.contextmanager
 def x_display(width: int = 1280, height: int = 720, color: str = "#3366cc"):
-    """A virtual X display (Xvfb) filled with one colour by a full-screen window; yields its DISPLAY value."""
+    """A virtual X display (Xvfb) filled with one colour by a full-screen window (XDisplay.paint changes it)."""
     xvfb = shutil.which("Xvfb")
     _require(None if xvfb else "Xvfb not found (Debian package xvfb)", "CALLBOX_REQUIRE_DISPLAY", "an X display")
     read, write = os.pipe()
@@ -189,13 +215,12 @@ def x_display(width: int = 1280, height: int = 720, color: str = "#3366cc"):
                      "an X display")
         display = f":{number}"
         env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
-        fill = subprocess.Popen([sys.executable, "-c", FILL, color], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        if fill.stdout.readline().strip() != "shown":
+        fill = subprocess.Popen([sys.executable, "-c", FILL, color], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if fill.stdout.readline().strip() != f"painted {color}":
             _require(f"a window could not be shown on Xvfb: {fill.stderr.read()[-500:]}", "CALLBOX_REQUIRE_DISPLAY",
                      "an X display")
-        time.sleep(0.3)  # painted
-        yield display
+        yield XDisplay(display, fill)
     finally:
         for proc in (fill, server):
             if proc is not None and proc.poll() is None:

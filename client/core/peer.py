@@ -127,7 +127,8 @@ class PeerSession:
         for kind in self.receiving:
             if kind not in self.kinds:
                 self.pc.addTransceiver(kind, direction="recvonly")
-        self.senders["screen"] = self.pc.addTrack(self.slot)  # last: a camera's m-line comes before it
+        # Last, and a transceiver of its own: addTrack would take over a recvonly video transceiver above.
+        self.senders["screen"] = self.pc.addTransceiver(self.slot, direction="sendrecv").sender
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp  # aiortc puts every candidate in the SDP
 

@@ -27,7 +27,7 @@ def capture_threads() -> int:
 async def test_a_headless_share_arrives_with_the_display_size_and_colour_beside_both_cameras(tmp_path):
     with x_display(1280, 720) as display:
         async with running_server() as srv:
-            env = {"DISPLAY": display}
+            env = {"DISPLAY": display.name}
             bob = await headless(srv.url, "bob", "--auto-answer", "--tone", "660", "--video", env=env,
                                  report=tmp_path / "b.json")
             alice = await headless(srv.url, "alice", "--call", "bob", "--tone", "440", "--video", "--share-screen",
@@ -47,7 +47,7 @@ async def test_a_headless_share_arrives_with_the_display_size_and_colour_beside_
 
 async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, monkeypatch):
     with x_display(800, 600) as display:
-        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("DISPLAY", display.name)
         async with engines(server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
             call_id = await connected_call(alice, bob, video=True)
             received = bob.session(call_id).received
@@ -77,7 +77,7 @@ async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, mon
 
 async def test_a_share_in_a_room_call_reaches_everyone(server, monkeypatch):
     with x_display(640, 480) as display:
-        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("DISPLAY", display.name)
         async with engines(server.url, ("ann", 440), ("ben", 550), ("cat", 660)) as probes:
             ann, ben, cat = probes
             for p in probes:

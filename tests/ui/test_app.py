@@ -327,7 +327,7 @@ def test_screen_share_from_the_call_page_fills_the_others_view_and_stops(qtbot, 
     from tests.components import x_display
 
     with x_display(1280, 720) as display:
-        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("DISPLAY", display.name)
 
         async def scenario():
             # Capture, VP8 at 1280x720 and both apps share this thread with the server: keepalive as installed.

@@ -251,7 +251,7 @@ def test_a_share_in_a_room_call_fills_the_stage_above_the_grid(qtbot, qloop, tmp
     from tests.components import x_display
 
     with x_display(1280, 720) as display:
-        monkeypatch.setenv("DISPLAY", display)
+        monkeypatch.setenv("DISPLAY", display.name)
 
         async def scenario():
             async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
