@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import ServerProcess, hang_up, ms, pct, ring, start_callbox, start_engines, until, verdict
+from _common import ServerProcess, ms, pct, start_callbox, start_engines, until, verdict
+from call_setup import engine_call
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOM = "team"
@@ -322,16 +323,6 @@ async def leave_room_call(joiner, others) -> None:
                 and closed(joiner, *others), TIMEOUT, f"{me}'s pairs closed")
 
 
-async def pair_call(alice, bob) -> tuple[float, float]:
-    """(caller hears, callee hears), each from the callee's accept (as call_setup.py)."""
-    call_id, out, inc = await ring(alice, bob)
-    bob.accept(call_id)
-    await until(lambda: out.received.first_audio and inc.received.first_audio, TIMEOUT, "audio both ways")
-    times = out.received.first_audio - inc.accepted_at, inc.received.first_audio - inc.accepted_at
-    await hang_up(alice, bob, call_id)
-    return times
-
-
 def line(label: str, values: list[float]) -> str:
     return f"  {label:<50} median {ms(pct(values, 50)):>10}   p90 {ms(pct(values, 90)):>10}   n={len(values)}"
 
@@ -418,7 +409,7 @@ async def join_part(ann, stay, procs, alice, bob, hal, joins: int) -> bool:
         return {"local": a, "local back": b}
 
     async def pair_here():
-        a, b = await pair_call(alice, bob)
+        a, b = await engine_call(alice, bob)
         return {"caller": [a], "callee": [b]}
 
     got |= await interleaved({"room": room_here, "1:1": pair_here}, joins)
