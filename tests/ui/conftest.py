@@ -42,3 +42,13 @@ def qloop(qapp):
     loop.run_until_complete(asyncio.sleep(0.3))  # let closed peer connections finish their tasks
     loop.close()  # joins the loop's executor threads
     asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def shared_display(monkeypatch):
+    """An Xvfb display filled with #3366cc, as the DISPLAY the apps' screen capture uses."""
+    from tests.components import x_display
+
+    with x_display(1280, 720) as display:
+        monkeypatch.setenv("DISPLAY", display.name)
+        yield display

@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from client.ui.settings_dialog import SettingsDialog
 from tests.support import running_server
-from tests.ui.apps import counter, make_app, online_pair, pixels, shot, until
+from tests.ui.apps import BUSY, counter, make_app, online_pair, pixels, shot, until
 
 
 def test_video_call_from_click_to_history(qtbot, qloop, tmp_path):
@@ -323,42 +323,36 @@ def test_connection_problems_read_as_sentences(qtbot, qloop, tmp_path):
     qloop.run_until_complete(scenario())
 
 
-def test_screen_share_from_the_call_page_fills_the_others_view_and_stops(qtbot, qloop, tmp_path, monkeypatch):
-    from tests.components import x_display
+def test_screen_share_from_the_call_page_fills_the_others_view_and_stops(qtbot, qloop, tmp_path, shared_display):
+    async def scenario():
+        async with running_server(**BUSY) as srv:
+            alice, bob = await online_pair(tmp_path, srv.url)
+            try:
+                aw, bw = alice.window, bob.window
+                qtbot.mouseClick(aw.contacts.rows["bob"].video, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.incoming.isVisible(), 5)
+                qtbot.mouseClick(bw.incoming.accept_video, Qt.MouseButton.LeftButton)
+                await until(lambda: bw.call_page.remote.frames > 10, 10, "Bob sees Alice's camera")
+                qtbot.mouseClick(aw.call_page.share, Qt.MouseButton.LeftButton)
+                page = bw.call_page
+                await until(lambda: page.share_label.isVisibleTo(page), 5, "the share's label")
+                assert page.share_label.text() == "Alice's screen"
+                await until(lambda: page.remote.image is not None and page.remote.image.width() == 1280, 10,
+                            "Alice's screen, large")
+                rgb = pixels(page.remote.image).reshape(-1, 3).mean(axis=0)
+                assert all(abs(a - b) <= 12 for a, b in zip(rgb, (51, 102, 204), strict=True)), rgb
+                await until(lambda: page.corner.frames > 5, 5, "her camera in the corner")
+                assert aw.call_page.share.isChecked()
+                shot(bw, "screen_share_received")
+                shot(aw, "screen_share_sending")
+                qtbot.mouseClick(aw.call_page.share, Qt.MouseButton.LeftButton)  # stop
+                await until(lambda: not page.share_label.isVisibleTo(page), 5, "the share taken down")
+                frames = page.remote.frames
+                await until(lambda: page.remote.frames > frames + 5 and page.remote.image.width() == 640, 5,
+                            "her camera back in the view")
+                assert not alice.engine.media.sharing
+            finally:
+                await alice.shutdown()
+                await bob.shutdown()
 
-    with x_display(1280, 720) as display:
-        monkeypatch.setenv("DISPLAY", display.name)
-
-        async def scenario():
-            # Capture, VP8 at 1280x720 and both apps share this thread with the server: keepalive as installed.
-            async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
-                alice, bob = await online_pair(tmp_path, srv.url)
-                try:
-                    aw, bw = alice.window, bob.window
-                    qtbot.mouseClick(aw.contacts.rows["bob"].video, Qt.MouseButton.LeftButton)
-                    await until(lambda: bw.incoming.isVisible(), 5)
-                    qtbot.mouseClick(bw.incoming.accept_video, Qt.MouseButton.LeftButton)
-                    await until(lambda: bw.call_page.remote.frames > 10, 10, "Bob sees Alice's camera")
-                    qtbot.mouseClick(aw.call_page.share, Qt.MouseButton.LeftButton)
-                    page = bw.call_page
-                    await until(lambda: page.share_label.isVisibleTo(page), 5, "the share's label")
-                    assert page.share_label.text() == "Alice's screen"
-                    await until(lambda: page.remote.image is not None and page.remote.image.width() == 1280, 10,
-                                "Alice's screen, large")
-                    rgb = pixels(page.remote.image).reshape(-1, 3).mean(axis=0)
-                    assert all(abs(a - b) <= 12 for a, b in zip(rgb, (51, 102, 204), strict=True)), rgb
-                    await until(lambda: page.corner.frames > 5, 5, "her camera in the corner")
-                    assert aw.call_page.share.isChecked()
-                    shot(bw, "screen_share_received")
-                    shot(aw, "screen_share_sending")
-                    qtbot.mouseClick(aw.call_page.share, Qt.MouseButton.LeftButton)  # stop
-                    await until(lambda: not page.share_label.isVisibleTo(page), 5, "the share taken down")
-                    frames = page.remote.frames
-                    await until(lambda: page.remote.frames > frames + 5 and page.remote.image.width() == 640, 5,
-                                "her camera back in the view")
-                    assert not alice.engine.media.sharing
-                finally:
-                    await alice.shutdown()
-                    await bob.shutdown()
-
-        qloop.run_until_complete(scenario())
+    qloop.run_until_complete(scenario())

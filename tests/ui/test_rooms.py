@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from tests.support import Peer, running_server
-from tests.ui.apps import counter, make_app, online_pair, shot, until
+from tests.ui.apps import BUSY, counter, make_app, online_pair, shot, until
 
 LEFT = Qt.MouseButton.LeftButton
 CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
@@ -40,9 +40,7 @@ async def join_by_click(qtbot, window, room: str) -> None:
 
 def test_rooms_chat_and_a_room_call_with_the_grid(qtbot, qloop, tmp_path):
     async def scenario():
-        # Three apps and the server share one thread here, and video keeps it busy: keepalive and grace as an
-        # installed server has them, not the tests' 100 ms (a lost session and its recovery are tested elsewhere).
-        async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
+        async with running_server(**BUSY) as srv:  # a lost session and its recovery are tested elsewhere
             alice, bob = await online_pair(tmp_path, srv.url)
             carol = make_app(tmp_path, "carol", name="Carol", server=srv.url, tone=880)
             await carol.start()
@@ -205,7 +203,7 @@ def test_rooms_are_rejoined_after_a_restart_with_their_chat_kept_once(qtbot, qlo
 
 def test_the_fifth_with_video_is_told_why_it_sends_audio_and_a_full_call_says_so(qtbot, qloop, tmp_path):
     async def scenario():
-        async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
+        async with running_server(**BUSY) as srv:
             fillers = [await Peer.connect(srv.url, f"u{i}") for i in range(8)]
             readers = [asyncio.create_task(f.drain()) for f in fillers]
             eve = make_app(tmp_path, "eve", name="Eve", server=srv.url)
@@ -247,34 +245,29 @@ def test_the_fifth_with_video_is_told_why_it_sends_audio_and_a_full_call_says_so
     qloop.run_until_complete(scenario())
 
 
-def test_a_share_in_a_room_call_fills_the_stage_above_the_grid(qtbot, qloop, tmp_path, monkeypatch):
-    from tests.components import x_display
+def test_a_share_in_a_room_call_fills_the_stage_above_the_grid(qtbot, qloop, tmp_path, shared_display):
+    async def scenario():
+        async with running_server(**BUSY) as srv:
+            alice, bob = await online_pair(tmp_path, srv.url)
+            try:
+                aw, bw = alice.window, bob.window
+                for w in (aw, bw):
+                    await join_by_click(qtbot, w, "team")
+                for w in (aw, bw):
+                    await until(lambda w=w: w.rooms_page.pane.members.count() == 2, 5, "both in the room")
+                    qtbot.mouseClick(w.rooms_page.pane.join_call, LEFT)
+                await until(lambda: "alice" in bw.room_call_page.tiles, 10, "Alice's tile at Bob's")
+                qtbot.mouseClick(aw.room_call_page.share, LEFT)
+                page = bw.room_call_page
+                await until(lambda: page.stage.isVisibleTo(page) and page.share_view.frames > 5, 10, "the stage")
+                assert page.share_label.text() == "Alice's screen" and page.share_view.image.width() == 1280
+                assert aw.room_call_page.share.isChecked() and page.grid.count() == 2
+                shot(bw, "room_share")
+                qtbot.mouseClick(aw.room_call_page.share, LEFT)
+                await until(lambda: not page.stage.isVisibleTo(page), 5, "the stage taken down")
+                assert not alice.engine.media.sharing
+            finally:
+                await alice.shutdown()
+                await bob.shutdown()
 
-    with x_display(1280, 720) as display:
-        monkeypatch.setenv("DISPLAY", display.name)
-
-        async def scenario():
-            async with running_server(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0) as srv:
-                alice, bob = await online_pair(tmp_path, srv.url)
-                try:
-                    aw, bw = alice.window, bob.window
-                    for w in (aw, bw):
-                        await join_by_click(qtbot, w, "team")
-                    for w in (aw, bw):
-                        await until(lambda w=w: w.rooms_page.pane.members.count() == 2, 5, "both in the room")
-                        qtbot.mouseClick(w.rooms_page.pane.join_call, LEFT)
-                    await until(lambda: "alice" in bw.room_call_page.tiles, 10, "Alice's tile at Bob's")
-                    qtbot.mouseClick(aw.room_call_page.share, LEFT)
-                    page = bw.room_call_page
-                    await until(lambda: page.stage.isVisibleTo(page) and page.share_view.frames > 5, 10, "the stage")
-                    assert page.share_label.text() == "Alice's screen" and page.share_view.image.width() == 1280
-                    assert aw.room_call_page.share.isChecked() and page.grid.count() == 2
-                    shot(bw, "room_share")
-                    qtbot.mouseClick(aw.room_call_page.share, LEFT)
-                    await until(lambda: not page.stage.isVisibleTo(page), 5, "the stage taken down")
-                    assert not alice.engine.media.sharing
-                finally:
-                    await alice.shutdown()
-                    await bob.shutdown()
-
-        qloop.run_until_complete(scenario())
+    qloop.run_until_complete(scenario())
