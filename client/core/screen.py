@@ -61,8 +61,6 @@ class ScreenSource:
     def __init__(self, fps: float = SHARE_FPS, max_side: int = SHARE_MAX_SIDE):
         self.fps, self.max_side = fps, max_side
         self.name = "screen"
-        self.size: tuple[int, int] | None = None  # what goes out, once the first frame is captured
-        self.problem: str | None = None  # why capture stopped, if it failed
         self._loop = asyncio.get_running_loop()
         self._frames: deque[av.VideoFrame] = deque(maxlen=QUEUE)
         self._ready = asyncio.Event()
@@ -103,14 +101,12 @@ class ScreenSource:
                     frame = av.VideoFrame.from_ndarray(pixels, format="bgra")
                     w, h = scaled(shot.width, shot.height, self.max_side)
                     frame = frame.reformat(width=w, height=h, format="yuv420p")
-                    self.size = (w, h)
                     self._loop.call_soon_threadsafe(self._hand_over, frame)
                     next_at += period
                     self._stopped.wait(max(0.0, next_at - time.monotonic()))
                     next_at = max(next_at, time.monotonic() - period)  # late: do not race to catch up
         except Exception as exc:  # the display went away, or capture is refused
-            self.problem = f"screen capture stopped: {exc}"
-            log.warning("%s", self.problem)
+            log.warning("screen capture stopped: %s", exc)
         finally:
             self._stopped.set()
             with contextlib.suppress(RuntimeError):  # the loop may be gone already
