@@ -1,5 +1,5 @@
 """Probes for the components some tests need (PortAudio with a PulseAudio null sink, mDNS on loopback, an X
-display to share), and the X display itself.
+display to share), the X display itself, and PulseAudio devices plugged in and out, played into and recorded.
 
 A test calls require_audio(), require_multicast() or uses x_display(): without the component it skips, saying
 what is missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1 /
@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -229,3 +230,69 @@ def x_display(width: int = 1280, height: int = 720, color: str = "#3366cc"):
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+@contextlib.contextmanager
+def pulse_module(module: str, **args: str):
+    """A PulseAudio module (e.g. a new null sink: a device plugged in) loaded while inside, unloaded on the way out
+    unless the test unloaded it (unplugged it) already; yields a function that unloads it."""
+    require_audio()
+    line = " ".join(f"{k}={v}" for k, v in args.items())
+    done = subprocess.run(["pactl", "load-module", module, *line.split()], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0, f"pactl load-module {module} {line}: {done.stderr.strip()}"
+    index = done.stdout.strip()
+    loaded = [True]
+
+    def unload() -> None:
+        if loaded:
+            loaded.clear()
+            subprocess.run(["pactl", "unload-module", index], capture_output=True, timeout=10, check=True)
+
+    try:
+        yield unload
+    finally:
+        unload()
+
+
+def record(source: str, seconds: float, rate: int = 48_000):
+    """`seconds` of mono float samples recorded from PulseAudio source `source` (a sink's monitor: what it plays),
+    by parec, apart from the app under test."""
+    import numpy as np
+
+    proc = subprocess.Popen(["parec", "-d", source, "--raw", "--format=float32le", f"--rate={rate}",
+                             "--channels=1", "--latency-msec=20"], stdout=subprocess.PIPE)
+    want = int(seconds * rate) * 4
+    data = b""
+    try:
+        while len(data) < want and select.select([proc.stdout], [], [], seconds + 5)[0]:
+            chunk = os.read(proc.stdout.fileno(), want - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        proc.kill()
+        proc.wait()
+    return np.frombuffer(data[:len(data) // 4 * 4], dtype=np.float32)
+
+
+@contextlib.contextmanager
+def playing(sink: str, hz: float, rate: int = 48_000):
+    """A tone of `hz` played into PulseAudio sink `sink` by pacat while inside (a voice into a new microphone)."""
+    import numpy as np
+
+    t = np.arange(rate * 30) / rate  # 30 s: longer than any test waits
+    tone = (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32).tobytes()
+    proc = subprocess.Popen(["pacat", "-d", sink, "--raw", "--format=float32le", f"--rate={rate}", "--channels=1",
+                             "--latency-msec=20"], stdin=subprocess.PIPE)
+    feeder = threading.Thread(target=lambda: _feed(proc, tone), daemon=True)
+    feeder.start()
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _feed(proc: subprocess.Popen, data: bytes) -> None:
+    with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+        proc.stdin.write(data)

@@ -1,4 +1,5 @@
-"""Sound hardware through sounddevice: the microphone's capture stream, the speaker's mixer and output stream."""
+"""Sound hardware through sounddevice: the device list, the microphone's capture stream, the speaker's mixer and
+output stream."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 
 import av
 import numpy as np
+
+from . import pulse
 
 log = logging.getLogger("callbox.audio")
 
@@ -32,22 +35,45 @@ def sounddevice():
 
 @dataclass(frozen=True)
 class AudioDevice:
-    index: int
-    name: str
+    index: int  # PortAudio's device number (for a sound server's sink or source: its "pulse" device)
+    name: str  # what a person reads
     inputs: int
     outputs: int
     default_rate: float
     is_default_input: bool = False
     is_default_output: bool = False
+    pulse_name: str = ""  # the sound server's sink or source, reached through the "pulse" device
+
+    @property
+    def key(self) -> str:
+        """What settings keep to find this device again: the sound server's name, else PortAudio's."""
+        return self.pulse_name or self.name
+
+
+# PortAudio's device list is read, and rebuilt by rescan(), under this lock; rescan() only runs while no stream
+# is open, since re-initialising PortAudio stops open streams.
+_portaudio = threading.RLock()
+_open_streams = 0
 
 
 def list_audio_devices() -> list[AudioDevice]:
+    """Every microphone and speaker: the sound server's sources and sinks where PulseAudio or PipeWire runs and
+    PortAudio reaches it, else PortAudio's own devices (as they were at its last (re)scan)."""
     sd = sounddevice()
     try:
-        default_in, default_out = sd.default.device
-        devices = sd.query_devices()
+        with _portaudio:
+            default_in, default_out = sd.default.device
+            devices = sd.query_devices()
     except Exception as exc:  # PortAudio may fail to initialise with no sound system at all
         raise DeviceMissing(f"no sound system could be opened: {exc}") from None
+    via = next((i for i, d in enumerate(devices)
+                if d["name"] == "pulse" and d["max_input_channels"] and d["max_output_channels"]), None)
+    server = pulse.endpoints() if via is not None else None
+    if server is not None:
+        return ([AudioDevice(via, e.description, e.channels, 0, e.rate, is_default_input=e.is_default,
+                             pulse_name=e.name) for e in server.sources]
+                + [AudioDevice(via, e.description, 0, e.channels, e.rate, is_default_output=e.is_default,
+                               pulse_name=e.name) for e in server.sinks])
     return [
         AudioDevice(i, d["name"], d["max_input_channels"], d["max_output_channels"], d["default_samplerate"],
                     i == default_in, i == default_out)
@@ -55,16 +81,54 @@ def list_audio_devices() -> list[AudioDevice]:
     ]
 
 
-def pick(devices: list[AudioDevice], wanted: str | int | None, *, output: bool) -> AudioDevice:
-    """The device named (or numbered) `wanted`, else the system default, else the first that fits."""
+def rescan() -> bool:
+    """Re-initialise PortAudio so that its device list is read again; only while no stream is open (it would
+    stop them). True when it rescanned."""
+    sd = sounddevice()
+    with _portaudio:
+        if _open_streams:
+            return False
+        sd._terminate()  # sounddevice's documented way to make PortAudio list devices again
+        sd._initialize()
+        return True
+
+
+def open_stream(kind, dev: AudioDevice, *, output: bool, **kwargs):
+    """A started sounddevice stream (`kind` is InputStream or OutputStream) on `dev`, routed to its sound server
+    sink or source when it has one; it counts as open until close_stream()."""
+    global _open_streams
+    with _portaudio, pulse.routed(dev.pulse_name, output=output):
+        stream = kind(device=dev.index, **kwargs)
+        _open_streams += 1
+    try:
+        stream.start()
+    except Exception:
+        close_stream(stream)
+        raise
+    return stream
+
+
+def close_stream(stream) -> None:
+    global _open_streams
+    try:
+        stream.stop()
+        stream.close()
+    finally:
+        with _portaudio:
+            _open_streams -= 1
+
+
+def pick(devices: list[AudioDevice], wanted: str | int | None, *, output: bool, quiet: bool = False) -> AudioDevice:
+    """The device named (or numbered, or keyed) `wanted`, else the system default, else the first that fits."""
     fits = [d for d in devices if (d.outputs if output else d.inputs) > 0]
     if not fits:
         raise DeviceMissing(f"no {'speaker' if output else 'microphone'} was found")
     if wanted not in (None, ""):
         for d in fits:
-            if wanted == d.index or wanted == d.name:
+            if wanted in (d.key, d.name) or (not d.pulse_name and wanted == d.index):
                 return d
-        log.warning("device %r is gone; using the default", wanted)
+        if not quiet:
+            log.warning("device %r is gone; using the default", wanted)
     return next((d for d in fits if (d.is_default_output if output else d.is_default_input)), fits[0])
 
 
@@ -84,14 +148,14 @@ class Microphone:
         self._loop = asyncio.get_running_loop()
         self._stream = None
         self.name = ""
+        self.key = ""  # the open device's AudioDevice.key
 
     def start(self) -> None:
         sd = sounddevice()
         dev = pick(list_audio_devices(), self.device, output=False)
-        self._stream = sd.InputStream(device=dev.index, samplerate=RATE, channels=1, dtype="int16",
-                                      blocksize=BLOCK, callback=self._callback)
-        self._stream.start()
-        self.name = dev.name
+        self._stream = open_stream(sd.InputStream, dev, output=False, samplerate=RATE, channels=1, dtype="int16",
+                                   blocksize=BLOCK, callback=self._callback)
+        self.name, self.key = dev.name, dev.key
         log.info("microphone open: %s", dev.name)
 
     def _callback(self, indata, frames, time_info, status) -> None:
@@ -109,8 +173,7 @@ class Microphone:
 
     def stop(self) -> None:
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
+            close_stream(self._stream)
             self._stream = None
             log.info("microphone closed: %s", self.name)
 
@@ -231,6 +294,7 @@ class Speaker:
         self._stream = None
         self._to_reference: av.AudioResampler | None = None
         self.name = ""
+        self.key = ""  # the open device's AudioDevice.key
 
     def start(self) -> None:
         sd = sounddevice()
@@ -242,10 +306,9 @@ class Speaker:
         except Exception:
             pass  # the device cannot do 48 kHz; resample to its own rate
         self.prepare(rate)
-        self._stream = sd.OutputStream(device=dev.index, samplerate=rate, channels=1, dtype="float32",
-                                       blocksize=rate // 50, callback=self._callback)
-        self._stream.start()
-        self.name = dev.name
+        self._stream = open_stream(sd.OutputStream, dev, output=True, samplerate=rate, channels=1, dtype="float32",
+                                   blocksize=rate // 50, callback=self._callback)
+        self.name, self.key = dev.name, dev.key
         log.info("speaker open: %s at %d Hz", dev.name, rate)
 
     def prepare(self, rate: int) -> None:
@@ -289,8 +352,7 @@ class Speaker:
 
     def stop(self) -> None:
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
+            close_stream(self._stream)
             self._stream = None
             log.info("speaker closed: %s", self.name)
 

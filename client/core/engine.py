@@ -21,6 +21,7 @@ from shared.names import display_name
 from . import events as ev
 from . import pair as pair_events
 from .chat import DirectChat
+from .devices import Devices, DeviceWatch
 from .identity import Identity, Pins
 from .media import LocalMedia
 from .pair import Pair, PairConfig
@@ -125,6 +126,7 @@ class Engine:
                             pair_config=self._pair_config, identity=identity, peer_key=self._peer_key,
                             finished_kept=None if keep_finished else RECENT_FINISHED)
         self._direct = DirectChat(config.user_id, send=self.signaling.send, emit=self._emit, name_of=self.name_of)
+        self._devices: DeviceWatch | None = None
 
     # ------------------------------------------------------------ lifecycle and listeners
 
@@ -136,7 +138,22 @@ class Engine:
 
     async def start(self) -> None:
         self.media.check_devices()
+        if self.media.tone_hz is None:  # real devices: follow them as they come and go
+            self._devices = DeviceWatch(self._on_devices)
+            self._devices.start()
         self.signaling.start()
+
+    @property
+    def devices(self) -> Devices | None:
+        """The microphones, speakers and cameras at the last look (None: synthetic media, nothing watched)."""
+        return self._devices.latest if self._devices is not None else None
+
+    def _on_devices(self, devices: Devices) -> None:
+        moves = self.media.follow(devices)
+        self.media.check_devices(devices)
+        self._emit(ev.DevicesChanged(devices))
+        for kind, message in moves:
+            self._emit(ev.DeviceMoved(kind, message))
 
     async def stop(self) -> None:
         for s in list(self.sessions.values()):
@@ -145,6 +162,8 @@ class Engine:
         await self._rooms.close()  # leaves the room call: the server tells the others at once
         await asyncio.sleep(0)  # let the hang-ups reach the outbox
         await self.signaling.stop()
+        if self._devices is not None:
+            await self._devices.stop()
         # Teardowns run to the end (a peer connection cancelled mid-close leaves ICE tasks behind); each pair
         # cancels the rest of its work (negotiation, media watch) itself.
         await asyncio.gather(self._teardowns.wait(), *(self._teardown(s) for s in list(self.sessions.values())),

@@ -64,6 +64,21 @@ class DeviceProblem:
 
 
 @dataclass(frozen=True)
+class DevicesChanged:
+    """A microphone, speaker or camera came or went, or the system default changed."""
+
+    devices: object  # client.core.devices.Devices
+
+
+@dataclass(frozen=True)
+class DeviceMoved:
+    """An open device was swapped for another (unplugged, replugged, or the default moved), as a sentence."""
+
+    kind: str  # microphone, speaker, camera
+    message: str
+
+
+@dataclass(frozen=True)
 class ServerError:
     code: str
     message: str

@@ -11,7 +11,9 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from . import camera as cams
-from .audio import DeviceMissing, Microphone, Speaker, list_audio_devices, open_or_report, pick
+from .audio import DeviceMissing, Microphone, Speaker, open_or_report, pick
+from .devices import Devices
+from .devices import current as current_devices
 from .screen import SHARE_MAX_SIDE, ScreenSource, ShareSlot, share_problem
 from .tracks import (
     AudioTrack,
@@ -30,6 +32,7 @@ log = logging.getLogger("callbox.media")
 # connection, so a mesh of N pays N-1 encodes; smaller frames keep that within a core.
 VIDEO_SIZES = {1: (640, 480), 2: (480, 360)}
 SMALLEST_VIDEO = (320, 240)
+NO_CAMERA = "no camera was found; video calls send a test pattern instead"
 
 
 def video_size_for(peers: int) -> tuple[int, int]:
@@ -70,6 +73,7 @@ class LocalMedia:
         self._speaker: Speaker | None = None
         self._speaker_users = 0
         self._screen: VideoTrack | None = None  # the shared screen, while it is shared
+        self._camera_in_use: str | None = None  # the id of the camera the video track reads, if one
         self._slots: weakref.WeakSet[ShareSlot] = weakref.WeakSet()  # every live peer connection's
 
     # ------------------------------------------------------------ problems
@@ -83,23 +87,18 @@ class LocalMedia:
             log.warning("%s: %s", kind, why)
             self.on_problem(kind, why)
 
-    def check_devices(self) -> None:
-        """Find out, without opening anything, which devices are missing, so a window can say so before a call."""
+    def check_devices(self, devices: Devices | None = None) -> None:
+        """Say which devices are missing (or found again), without opening anything, so a window can tell before a
+        call; `devices` is a look just taken, else one is taken now."""
         if self.tone_hz is not None:
             return
-        try:
-            found = list_audio_devices()
-            pick(found, self.microphone_id, output=False)
-            self._report("microphone", None)
-        except DeviceMissing as exc:
-            self._report("microphone", str(exc))
-        try:
-            pick(list_audio_devices(), self.speaker_id, output=True)
-            self._report("speaker", None)
-        except DeviceMissing as exc:
-            self._report("speaker", str(exc))
-        if not cams.list_cameras():
-            self._report("camera", "no camera was found; video calls send a test pattern instead")
+        devices = devices or current_devices()
+        for kind, found in (("microphone", devices.microphones), ("speaker", devices.speakers)):
+            self._report(kind, None if found else devices.problem or f"no {kind} was found")
+        if not devices.cameras:
+            self._report("camera", NO_CAMERA)
+        elif self.problems.get("camera") == NO_CAMERA:
+            self._report("camera", None)
 
     # ------------------------------------------------------------ audio out
 
@@ -153,12 +152,14 @@ class LocalMedia:
         try:
             found = cams.list_cameras()
             if not found:
-                raise DeviceMissing("no camera was found; sending a test pattern instead")
+                raise DeviceMissing(NO_CAMERA)
             cam = next((c for c in found if c.id == self.camera_id), found[0])
             source = CameraSource(cams.open_camera(cam), cam.name)
         except DeviceMissing as exc:
+            self._camera_in_use = None
             self._report("camera", str(exc))
             return PatternSource()
+        self._camera_in_use = cam.id
         self._report("camera", None)
         return source
 
@@ -172,6 +173,52 @@ class LocalMedia:
         self.camera_id = camera_id
         if self._video is not None and self.camera_on:
             self._video.replace_source(self._video_source())
+
+    # ------------------------------------------------------------ devices that come and go
+
+    def follow(self, devices: Devices) -> list[tuple[str, str]]:
+        """The devices changed: each open device that is not the one the settings ask for now (it was unplugged,
+        the chosen one came back, a first one appeared, or the system default moved) is reopened on the right
+        one. Returns (kind, sentence) for each move, for the user."""
+        if self.tone_hz is not None:
+            return []
+        moves = []
+        source = self._audio.source if self._audio is not None else None
+        if source is not None and devices.microphones:
+            mic = getattr(source, "mic", None)  # None: silence stands in for a missing microphone
+            want = pick(list(devices.microphones), self.microphone_id, output=False, quiet=True)
+            if want.key != (mic.key if mic else ""):
+                self._audio.replace_source(self._audio_source())
+                still = mic and devices.find("microphone", mic.key)
+                moves.append(("microphone", _moved("Microphone", mic and mic.name, still, self._audio.source.name)))
+        spk = self._speaker
+        if spk is not None and self.playback and devices.speakers:
+            want = pick(list(devices.speakers), self.speaker_id, output=True, quiet=True)
+            if want.key != spk.key:
+                self.switch_speaker(self.speaker_id)
+                moves.append(("speaker", _moved("Speaker", spk.name, devices.find("speaker", spk.key),
+                                                self._speaker.name)))
+        if self._video is not None and self.camera_on and not self.pattern:
+            names = {c.id: c.name for c in devices.cameras}
+            want_cam = self.camera_id if self.camera_id in names else next(iter(names), None)
+            if want_cam != self._camera_in_use:
+                before = self._camera_in_use
+                before_name = self._video.source.name if before else None
+                self._video.replace_source(self._video_source())
+                moves.append(("camera", _moved("Camera", before_name, before in names,
+                                               names.get(self._camera_in_use, "a test pattern"))))
+        for kind, text in moves:
+            log.info("%s: %s", kind, text)
+        return moves
+
+    def in_use(self, kind: str) -> str | None:
+        """The key of the microphone, speaker or camera open now, else the one chosen (None: the default)."""
+        if kind == "microphone":
+            mic = getattr(self._audio.source, "mic", None) if self._audio is not None else None
+            return mic.key if mic else self.microphone_id
+        if kind == "speaker":
+            return self._speaker.key if self._speaker is not None and self._speaker.key else self.speaker_id
+        return self._camera_in_use if self._video is not None and self._camera_in_use else self.camera_id
 
     # ------------------------------------------------------------ sharing
 
@@ -286,3 +333,13 @@ class LocalMedia:
     def open_devices(self) -> int:
         """How many local tracks or speakers are open now (leak checks read it)."""
         return (self._audio is not None) + (self._video is not None) + (self._speaker is not None)
+
+
+def _moved(what: str, before: str | None, still_there, now: str) -> str:
+    """The sentence for a device move: `before` is the device's name (None: there was none), `still_there` whether
+    it is still plugged in."""
+    if not before:
+        return f"{what}: now using {now}"
+    if not still_there:
+        return f"{what} {before} was unplugged; now using {now}"
+    return f"{what}: now using {now} instead of {before}"

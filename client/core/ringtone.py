@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import DeviceMissing, sounddevice
+from .audio import close_stream, list_audio_devices, open_stream, pick, sounddevice
 
 log = logging.getLogger("callbox.ringtone")
 
@@ -29,10 +29,10 @@ class Ringtone:
         try:
             sd = sounddevice()
             self._pos = 0
-            self._stream = sd.OutputStream(samplerate=self.rate, channels=1, dtype="float32",
-                                           device=self.device or None, callback=self._callback)
-            self._stream.start()
-        except (DeviceMissing, Exception) as exc:  # no sound card: ring silently, the window still shows it
+            self._stream = open_stream(sd.OutputStream, pick(list_audio_devices(), self.device, output=True),
+                                       output=True, samplerate=self.rate, channels=1, dtype="float32",
+                                       callback=self._callback)
+        except Exception as exc:  # no sound card (DeviceMissing, PortAudio): ring silently, the window still shows it
             self._stream = None
             log.info("ringtone not played: %s", exc)
 
@@ -44,6 +44,5 @@ class Ringtone:
 
     def stop(self) -> None:
         if self._stream is not None:
-            self._stream.stop()
-            self._stream.close()
+            close_stream(self._stream)
             self._stream = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -169,11 +170,18 @@ class App:
         return f"{people} connected through this computer, which hosts the LAN's Callbox server."
 
     def on_settings(self) -> None:
-        dialog = SettingsDialog(self.settings, self.lan.found if self.lan else [], self.server_in_use(), self.window)
-        dialog.finished.connect(lambda result: self._settings_closed(dialog, result))
+        dialog = SettingsDialog(self.settings, self.lan.found if self.lan else [], self.server_in_use(), self.window,
+                                devices=self.engine.devices if self.engine else None)
+        bridge = self.bridge  # a reconnect may replace it while the dialog is open
+        if bridge is not None:
+            bridge.devicesChanged.connect(dialog.refill_devices)
+        dialog.finished.connect(lambda result: self._settings_closed(dialog, result, bridge))
         dialog.open()
 
-    def _settings_closed(self, dialog: SettingsDialog, result: int) -> None:
+    def _settings_closed(self, dialog: SettingsDialog, result: int, bridge: EngineBridge | None) -> None:
+        if bridge is not None:
+            with contextlib.suppress(RuntimeError):  # that bridge was deleted by a reconnect
+                bridge.devicesChanged.disconnect(dialog.refill_devices)
         if result != QDialog.DialogCode.Accepted:
             return
         new = dialog.result_settings()

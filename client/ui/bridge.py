@@ -21,6 +21,8 @@ class EngineBridge(QObject):
     incomingCall = Signal(str, str, str, list)  # call_id, peer, display name, media
     callChanged = Signal(object)  # events.CallChanged
     deviceProblem = Signal(str, str)  # kind, message ("" when solved)
+    devicesChanged = Signal(object)  # client.core.devices.Devices: a device came or went
+    deviceMoved = Signal(str, str)  # kind, the sentence saying which device is used now
     serverError = Signal(str, str, str)  # code, message, ref
     remoteVideo = Signal(str, QImage)  # call_id, frame
     moving = Signal(str, str, str)  # url, name, why: the app is moving to another server
@@ -63,6 +65,10 @@ class EngineBridge(QObject):
             self.callChanged.emit(e)
         elif isinstance(e, ev.DeviceProblem):
             self.deviceProblem.emit(e.kind, e.message or "")
+        elif isinstance(e, ev.DevicesChanged):
+            self.devicesChanged.emit(e.devices)
+        elif isinstance(e, ev.DeviceMoved):
+            self.deviceMoved.emit(e.kind, e.message)
         elif isinstance(e, ev.ServerError):
             self.serverError.emit(e.code, e.message, e.ref or "")
         elif isinstance(e, ev.Moving):

@@ -8,7 +8,6 @@ import time
 from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
-    QComboBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
@@ -18,11 +17,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from client.core import audio, camera
-from client.core.audio import DeviceMissing
+from client.core.devices import current as current_devices
 from client.core.tasks import Tasks
 
 from .chat_view import ChatView
+from .pickers import DevicePicker
 from .resources import icon
 from .video import VideoView, show_preview
 
@@ -163,9 +162,9 @@ class CallPage(QWidget):
         controls.addStretch()
         controls.addWidget(self.hang)
 
-        self.mic_pick = self._picker("Microphone", self.on_pick_microphone)
-        self.spk_pick = self._picker("Speaker", self.on_pick_speaker)
-        self.cam_pick = self._picker("Camera", self.on_pick_camera)
+        self.mic_pick = self._picker("microphone", self.on_pick_microphone)
+        self.spk_pick = self._picker("speaker", self.on_pick_speaker)
+        self.cam_pick = self._picker("camera", self.on_pick_camera)
         devices = QHBoxLayout()
         for label, box in (("Mic", self.mic_pick), ("Speaker", self.spk_pick), ("Camera", self.cam_pick)):
             text = QLabel(label)
@@ -189,35 +188,23 @@ class CallPage(QWidget):
 
     # ------------------------------------------------------------ building blocks
 
-    def _picker(self, what: str, slot) -> QComboBox:
-        box = QComboBox()
-        box.setToolTip(f"{what} to use; switching takes effect at once, mid-call")
-        box.setAccessibleName(what)
+    def _picker(self, kind: str, slot) -> DevicePicker:
+        box = DevicePicker(kind)
+        box.setToolTip(f"{kind.capitalize()} to use; switching takes effect at once, mid-call. The list follows "
+                       "devices as they are plugged in and out.")
         box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         box.activated.connect(lambda _i, b=box: slot(b.currentData()))
         return box
 
-    def fill_devices(self) -> None:
-        for box, lister in ((self.mic_pick, lambda: [(d.name, d.name) for d in audio.list_audio_devices()
-                                                      if d.inputs]),
-                            (self.spk_pick, lambda: [(d.name, d.name) for d in audio.list_audio_devices()
-                                                      if d.outputs]),
-                            (self.cam_pick, lambda: [(c.name, c.id) for c in camera.list_cameras()])):
-            box.clear()
-            try:
-                items = lister()
-            except DeviceMissing as exc:
-                items, why = [], str(exc)
-            else:
-                why = "none found"
-            if not items:
-                box.addItem(f"— {why} —", None)
-                box.setEnabled(False)
-                box.setToolTip(why)
-                continue
-            box.setEnabled(True)
-            for text, data in items:
-                box.addItem(text, data)
+    def fill_devices(self, devices=None) -> None:
+        """List the devices there are (`devices`, a look just taken, else one now), each picker on the one in use."""
+        devices = devices or self.engine.devices or current_devices()
+        for box in (self.mic_pick, self.spk_pick, self.cam_pick):
+            box.refill(devices, self.engine.media.in_use(box.kind) or "")
+
+    def on_devices(self, devices) -> None:
+        if self.call_id is not None:
+            self.fill_devices(devices)
 
     # ------------------------------------------------------------ driven by the main window
 

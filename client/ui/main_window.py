@@ -234,6 +234,8 @@ class MainWindow(QMainWindow):
         bridge.callChanged.connect(self.on_call_changed)
         bridge.remoteVideo.connect(self.call_page.on_remote_frame)
         bridge.deviceProblem.connect(self.on_device_problem)
+        bridge.devicesChanged.connect(self.call_page.on_devices)
+        bridge.deviceMoved.connect(lambda _kind, message: self.show_info(message))
         bridge.serverError.connect(self.on_server_error)
         bridge.moving.connect(self.on_moving)
         bridge.keyChanged.connect(self.on_key_changed)

@@ -16,22 +16,13 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
 )
 
-from client.core import audio, camera
-from client.core.audio import DeviceMissing
 from client.core.settings import Settings
 
-
-def _devices(kind: str) -> list[tuple[str, str]]:
-    try:
-        if kind == "camera":
-            return [(c.name, c.id) for c in camera.list_cameras()]
-        return [(d.name, d.name) for d in audio.list_audio_devices() if (d.inputs if kind == "mic" else d.outputs)]
-    except DeviceMissing:
-        return []
+from .pickers import DevicePicker
 
 
 class SettingsDialog(QDialog):
-    def __init__(self, settings: Settings, found_servers: list = (), in_use: str = "", parent=None):
+    def __init__(self, settings: Settings, found_servers: list = (), in_use: str = "", parent=None, devices=None):
         super().__init__(parent)
         self.setWindowTitle("Callbox settings")
         self.setMinimumWidth(480)
@@ -51,9 +42,9 @@ class SettingsDialog(QDialog):
         self.in_use.setToolTip("The server this app uses now, who hosts it and how it was chosen")
         self.token = QLineEdit(settings.token, echoMode=QLineEdit.EchoMode.Password)
         self.token.setToolTip("The server's shared secret, if it has one")
-        self.mic = self._picker("mic", settings.microphone)
-        self.speaker = self._picker("speaker", settings.speaker)
-        self.camera = self._picker("camera", settings.camera)
+        self.mic = self._picker("microphone", settings.microphone, devices)
+        self.speaker = self._picker("speaker", settings.speaker, devices)
+        self.camera = self._picker("camera", settings.camera, devices)
         self.ice = QPlainTextEdit("\n".join(s["urls"] if isinstance(s["urls"], str) else " ".join(s["urls"])
                                             for s in settings.ice_servers))
         self.ice.setPlaceholderText("none (best on a LAN); one per line, e.g. stun:stun.example.org:3478")
@@ -74,15 +65,16 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
-    def _picker(self, kind: str, current: str) -> QComboBox:
-        box = QComboBox()
-        box.addItem("System default", "")
-        for text, data in _devices(kind):
-            box.addItem(text, data)
-        index = box.findData(current)
-        box.setCurrentIndex(max(index, 0))
-        box.setToolTip(f"The {kind if kind != 'mic' else 'microphone'} calls use")
+    def _picker(self, kind: str, current: str, devices) -> DevicePicker:
+        box = DevicePicker(kind, default_item=True)
+        box.refill(devices, current)
+        box.setToolTip(f"The {kind} calls use; the list follows devices as they are plugged in and out")
         return box
+
+    def refill_devices(self, devices) -> None:
+        """Devices came or went: the lists follow, each keeping what is selected."""
+        for box in (self.mic, self.speaker, self.camera):
+            box.refill(devices)
 
     def result_settings(self) -> Settings:
         server = self.server.currentText().strip()
