@@ -43,6 +43,8 @@ def add_arguments(ap) -> None:
     g.add_argument("--say", metavar="TEXT", help="with --room: send this chat line once joined")
     g.add_argument("--share-screen", action="store_true",
                    help="share the screen of the X display this runs on, from the start of each call")
+    g.add_argument("--share-window", metavar="TITLE",
+                   help="share the X11 window with this title instead, from the start of each call")
     g.add_argument("--report", metavar="FILE.json", help="write what happened as JSON on exit")
     g.add_argument("--stay", action="store_true",
                    help="keep running when calls end (answering more with --auto-answer), until SIGINT or SIGTERM")
@@ -231,8 +233,8 @@ async def run(args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, done.set)
     await engine.start()
-    if args.share_screen and (why := engine.share_screen(True)) is not None:
-        log.error("cannot share the screen: %s", why)
+    if (args.share_screen or args.share_window) and (why := _share(engine, args.share_window)) is not None:
+        log.error("cannot share: %s", why)
         await engine.stop()
         await lan.stop()
         return 1
@@ -273,6 +275,19 @@ async def run(args) -> int:
     if not judged and not (args.call or args.auto_answer):
         ok = True  # stayed online until told to stop; nothing was asked of it
     return 0 if ok else 1
+
+
+def _share(engine: Engine, window: str | None) -> str | None:
+    """Share the primary screen, or the window titled `window`; why it cannot be, or None."""
+    target = None
+    if window:
+        from .core.screen import share_problem, share_targets
+
+        found = [t for t in share_targets() if t.kind == "window" and t.name == window]
+        if not found:
+            return share_problem() or f"no window is titled {window!r}"
+        target = found[0]
+    return engine.share_screen(True, target)
 
 
 async def _wait_for(engine: Engine, user: str) -> bool:

@@ -162,11 +162,20 @@ from PySide6.QtWidgets import QApplication, QWidget
 app = QApplication(sys.argv[:1])
 w = QWidget()
 w.setAutoFillBackground(True)
-w.setGeometry(app.primaryScreen().geometry())
+w.setWindowTitle(sys.argv[2])
+if len(sys.argv) > 3:
+    w.setGeometry(*map(int, sys.argv[3].split(",")))
+else:
+    w.setGeometry(app.primaryScreen().geometry())
 asked = [sys.argv[1]]
 def paint():
     if asked:
         color = asked.pop(0)
+        if color.startswith("move "):
+            w.move(*map(int, color.split()[1:]))
+            app.sync()
+            print("painted", color.replace(" ", "_"), flush=True)
+            return
         palette = w.palette()
         palette.setColor(QPalette.ColorRole.Window, QColor(color))
         w.setPalette(palette)
@@ -182,6 +191,30 @@ app.exec()
 """
 
 
+FILL_TITLE = "Callbox test fill"  # the full-screen window's title, as a share's window list shows it
+
+
+def _window(display: str, color: str, title: str, geometry: str | None = None) -> subprocess.Popen:
+    """A window on `display` filled with `color`; it has painted once this returns (else the test skips/fails)."""
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    proc = subprocess.Popen([sys.executable, "-c", FILL, color, title, *([geometry] if geometry else [])], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != f"painted {color}":
+        proc.kill()
+        _require(f"a window could not be shown on Xvfb: {proc.stderr.read()[-500:]}", "CALLBOX_REQUIRE_DISPLAY",
+                 "an X display")
+    return proc
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @dataclasses.dataclass
 class XDisplay:
     """A virtual X display and the full-screen window that colours it."""
@@ -195,6 +228,30 @@ class XDisplay:
         self.fill.stdin.flush()
         while (line := self.fill.stdout.readline()) and line.split()[-1:] != [color]:
             pass
+
+    @contextlib.contextmanager
+    def window(self, title: str, color: str, x: int, y: int, width: int, height: int):
+        """Another window, above the fill, in one colour, while inside (an XWindow: move or close it)."""
+        proc = _window(self.name, color, title, f"{x},{y},{width},{height}")
+        try:
+            yield XWindow(proc)
+        finally:
+            _end(proc)
+
+
+@dataclasses.dataclass
+class XWindow:
+    proc: subprocess.Popen
+
+    def move(self, x: int, y: int) -> None:
+        """Move it; returns once the X server has it there."""
+        self.proc.stdin.write(f"move {x} {y}\n")
+        self.proc.stdin.flush()
+        while (line := self.proc.stdout.readline()) and line.split()[-1:] != [f"move_{x}_{y}"]:
+            pass
+
+    def close(self) -> None:
+        _end(self.proc)
 
 
 @contextlib.contextmanager
@@ -215,21 +272,12 @@ def x_display(width: int = 1280, height: int = 720, color: str = "#3366cc"):
             _require(f"Xvfb exited ({server.poll()}) before it named its display", "CALLBOX_REQUIRE_DISPLAY",
                      "an X display")
         display = f":{number}"
-        env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
-        fill = subprocess.Popen([sys.executable, "-c", FILL, color], env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if fill.stdout.readline().strip() != f"painted {color}":
-            _require(f"a window could not be shown on Xvfb: {fill.stderr.read()[-500:]}", "CALLBOX_REQUIRE_DISPLAY",
-                     "an X display")
+        fill = _window(display, color, FILL_TITLE)
         yield XDisplay(display, fill)
     finally:
         for proc in (fill, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                _end(proc)
 
 
 @contextlib.contextmanager

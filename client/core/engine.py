@@ -27,6 +27,7 @@ from .media import LocalMedia
 from .pair import Pair, PairConfig
 from .peer import PeerSession, Received
 from .rooms import Room, RoomCall, Rooms
+from .screen import Target
 from .signaling import ConnState, SignalingClient
 from .tasks import Tasks
 
@@ -286,20 +287,29 @@ class Engine:
             self.pins.accept(user_id, info.key)
             self._emit(ev.UsersChanged(tuple(self.users)))
 
-    def share_screen(self, on: bool) -> str | None:
-        """Share the screen in every call, now and later, or stop; why it cannot start, or None."""
-        me = self.config.user_id
-        if on:
-            why = self.media.start_sharing()
-            if why is not None:
-                self._emit(ev.ScreenShared("", me, False, why))
-                return why
-        else:
-            self.media.stop_sharing()
+    def share_screen(self, on: bool, target: Target | None = None) -> str | None:
+        """Share a screen or window (`target`, from client.core.screen.share_targets; None: the primary screen) in
+        every call, now and later, or stop; why it cannot start, or None. A shared window that closes ends the
+        share on both sides, and the event says why."""
+        if not on:
+            self._stop_sharing()
+            return None
+        self.media.stop_sharing()  # sharing another screen or window instead: the peers see the new one at once
+        why = self.media.start_sharing(target, on_end=self._stop_sharing)
+        if why is not None:
+            self._emit(ev.ScreenShared("", self.config.user_id, False, why))
+            return why
         for pair in self._pairs():
-            pair.tell_sharing(on)
-        self._emit(ev.ScreenShared("", me, on))
+            pair.tell_sharing(True)
+        self._emit(ev.ScreenShared("", self.config.user_id, True))
         return None
+
+    def _stop_sharing(self, why: str | None = None) -> None:
+        """The share stops: asked to, or by itself (`why`: the shared window closed)."""
+        self.media.stop_sharing()
+        for pair in self._pairs():
+            pair.tell_sharing(False)
+        self._emit(ev.ScreenShared("", self.config.user_id, False, why))
 
     def _pairs(self) -> list[Pair]:
         """Every live peer pair: each 1:1 call's, and the room call's."""

@@ -202,7 +202,7 @@ class ScreenShared:
     call_id: str
     peer: str
     active: bool
-    problem: str | None = None  # when our own share could not start: why
+    problem: str | None = None  # when our own share could not start, or ended by itself: why
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from . import camera as cams
 from .audio import DeviceMissing, Microphone, Speaker, open_or_report, pick
 from .devices import Devices
 from .devices import current as current_devices
-from .screen import SHARE_MAX_SIDE, ScreenSource, ShareSlot, share_problem
+from .screen import SHARE_MAX_SIDE, ShareSlot, Target, capture, share_problem
 from .tracks import (
     AudioTrack,
     BlackSource,
@@ -256,14 +256,17 @@ class LocalMedia:
             slot.attach(self._relay.subscribe(self._screen, buffered=False))
         return slot
 
-    def start_sharing(self, source=None) -> str | None:
-        """Share the screen (or `source`, anything with next_frame) in every call; why it cannot be, or None."""
+    def start_sharing(self, target: Target | None = None, *, source=None,
+                      on_end: Callable[[str], None] = lambda why: None) -> str | None:
+        """Share a screen or window (`target`; None: the primary screen), or `source` (anything with next_frame),
+        in every call; why it cannot be, or None. `on_end(why)` is called if the capture ends by itself (the
+        shared window closed)."""
         if self._screen is None:
             if source is None:
                 why = share_problem()
                 if why is not None:
                     return why
-                source = ScreenSource()
+                source = capture(target, on_end)
             self._screen = VideoTrack(source, size=(SHARE_MAX_SIDE, SHARE_MAX_SIDE))
             for slot in list(self._slots):
                 slot.attach(self._relay.subscribe(self._screen, buffered=False))

@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
 from .media import LocalMedia
-from .screen import SCREEN_PREFIX
+from .screen import SCREEN_PREFIX, prefer_vp8, share_encoder
 from .tasks import Tasks
 from .tracks import dominant_hz, read_counter
 
@@ -128,7 +128,10 @@ class PeerSession:
             if kind not in self.kinds:
                 self.pc.addTransceiver(kind, direction="recvonly")
         # Last, and a transceiver of its own: addTrack would take over a recvonly video transceiver above.
-        self.senders["screen"] = self.pc.addTransceiver(self.slot, direction="sendrecv").sender
+        screen = self.pc.addTransceiver(self.slot, direction="sendrecv")
+        prefer_vp8(screen)
+        share_encoder(screen.sender)
+        self.senders["screen"] = screen.sender
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return self.pc.localDescription.sdp  # aiortc puts every candidate in the SDP
 
@@ -140,6 +143,9 @@ class PeerSession:
             if remote is not None and remote.id.startswith(SCREEN_PREFIX):  # the peer's screen slot: ours answers
                 transceiver.sender.replaceTrack(self.slot)
                 transceiver.direction = "sendrecv"
+                if "VP8/90000" in sdp:  # an offer without VP8 keeps its own codec and aiortc's encoder for it
+                    prefer_vp8(transceiver)
+                    share_encoder(transceiver.sender)
                 self.senders["screen"] = transceiver.sender
             elif kind in self.kinds and kind not in self.senders:
                 track = self.media.subscribe_audio() if kind == "audio" else self.media.subscribe_video()

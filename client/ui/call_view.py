@@ -6,10 +6,11 @@ import asyncio
 import time
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtGui import QKeySequence, QShortcut
+from PySide6.QtGui import QIcon, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from client.core.devices import current as current_devices
+from client.core.screen import share_targets
 from client.core.tasks import Tasks
 
 from .chat_view import ChatView
@@ -68,17 +70,65 @@ def end_button(page: QWidget, text: str, tip: str) -> QPushButton:
     return b
 
 
-def share_button() -> QPushButton:
-    return call_button("screen", "Share your screen (Ctrl+Shift+S)", "Ctrl+Shift+S", checkable=True)
+class ShareButton(QPushButton):
+    """Share screen (Ctrl+Shift+S): checked while sharing. Pressed with more than one screen or any window open,
+    it offers each in a menu; with one screen it shares it at once. `say(text)` tells the page's user why a
+    share did not start or has ended."""
 
+    def __init__(self, engine_of, say):
+        super().__init__(icon("screen"), "")
+        self.setCheckable(True)
+        self.setShortcut(QKeySequence("Ctrl+Shift+S"))
+        self.setAccessibleName("Share your screen or a window")
+        self.setMinimumHeight(36)
+        self.engine_of, self.say = engine_of, say
+        self.menu: QMenu | None = None  # the choice on offer, while it is open
+        self.sharing = False  # as the engine last told
+        self.show_own(False)
+        self.toggled.connect(self._toggled)
 
-def show_own_share(button: QPushButton, e) -> None:
-    """Our share started, stopped or could not start (an events.ScreenShared of ours): the button says so."""
-    button.blockSignals(True)
-    button.setChecked(e.active)
-    button.blockSignals(False)
-    button.setToolTip(f"You cannot share your screen: {e.problem}" if e.problem else
-                      ("Stop sharing your screen" if e.active else "Share your screen") + " (Ctrl+Shift+S)")
+    def _toggled(self, on: bool) -> None:
+        engine = self.engine_of()
+        if not on:
+            engine.share_screen(False)
+            return
+        targets = share_targets()
+        if len(targets) <= 1:
+            self.share(targets[0] if targets else None)
+            return
+        menu = self.menu = QMenu(self)
+        for t in targets:
+            if t.kind == "window" and not any(a.isSeparator() for a in menu.actions()):
+                menu.addSection("Windows")
+            action = menu.addAction(icon("screen") if t.kind == "screen" else QIcon(), t.name)
+            action.triggered.connect(lambda _c=False, t=t: self.share(t))
+        menu.aboutToHide.connect(lambda: QTimer.singleShot(0, self._menu_closed))
+        menu.popup(self.mapToGlobal(self.rect().bottomLeft()))
+
+    def share(self, target) -> None:
+        self.menu = None
+        self.engine_of().share_screen(True, target)  # its event sets the button, and says why if it failed
+
+    def _menu_closed(self) -> None:
+        if self.menu is not None:  # closed with nothing chosen
+            self.menu = None
+            self.show_own(False)
+
+    def show_own(self, active: bool, problem: str | None = None) -> None:
+        """Our share started, stopped, could not start or ended by itself: the button says so."""
+        self.blockSignals(True)
+        self.setChecked(active)
+        self.blockSignals(False)
+        self.setToolTip("Stop sharing (Ctrl+Shift+S)" if active else
+                        f"Not sharing: {problem}" if problem else "Share your screen or a window (Ctrl+Shift+S)")
+
+    def on_own_share(self, e) -> None:
+        """An events.ScreenShared of ours."""
+        if e.problem:
+            self.say(f"Screen sharing stopped: {e.problem}" if self.sharing else
+                     f"Cannot share your screen: {e.problem}")
+        self.sharing = e.active
+        self.show_own(e.active, e.problem)
 
 
 def clock(seconds: float) -> str:
@@ -108,6 +158,10 @@ class CallPage(QWidget):
         self.quality = QLabel(objectName="callQuality")
         self.quality.setToolTip("Call quality appears once media flows")
         self.security = QLabel(objectName="callSecurity")
+        self.notice = QLabel(objectName="callNotice")  # why a share did not start or has ended
+        self.notice.setStyleSheet("color: #b06000;")
+        self.notice.setWordWrap(True)
+        self.notice.hide()
         header = QHBoxLayout()
         header.addWidget(self.name)
         header.addWidget(self.status)
@@ -145,8 +199,7 @@ class CallPage(QWidget):
         self.level.setToolTip("Microphone level")
         self.level.setAccessibleName("Microphone level")
 
-        self.share = share_button()
-        self.share.toggled.connect(self.on_share)
+        self.share = ShareButton(lambda: self.engine, self._say)
         self.chat_button = call_button("chat", "Show the chat with the other person (Ctrl+Shift+C)", "Ctrl+Shift+C",
                                         checkable=True)
         self.chat = ChatView()
@@ -174,6 +227,7 @@ class CallPage(QWidget):
 
         layout = QVBoxLayout(self)
         layout.addLayout(header)
+        layout.addWidget(self.notice)
         middle = QHBoxLayout()
         middle.addWidget(self.remote, 1)
         middle.addWidget(self.chat)
@@ -225,9 +279,9 @@ class CallPage(QWidget):
         self.chat_button.setVisible(peer is not None)
         self.chat_button.setChecked(False)
         self.share.setVisible(peer is not None)
-        self.share.blockSignals(True)
-        self.share.setChecked(self.engine.media.sharing)
-        self.share.blockSignals(False)
+        self.notice.hide()
+        self.share.sharing = self.engine.media.sharing
+        self.share.show_own(self.share.sharing)
         self._show_share(False)
         self.fill_devices()
         self.ticker.start()
@@ -281,7 +335,7 @@ class CallPage(QWidget):
         if e.call_id == self.call_id and e.call_id:
             self._show_share(e.active)
         elif not e.call_id:
-            show_own_share(self.share, e)
+            self.share.on_own_share(e)
 
     def _show_share(self, on: bool) -> None:
         self.their_share = on
@@ -308,6 +362,10 @@ class CallPage(QWidget):
 
     # ------------------------------------------------------------ slots (callable from tests)
 
+    def _say(self, text: str) -> None:
+        self.notice.setText(text)
+        self.notice.show()
+
     def on_hangup(self) -> None:
         if self.call_id is not None:
             self.engine.hangup(self.call_id)
@@ -316,10 +374,6 @@ class CallPage(QWidget):
         self.engine.set_muted(muted)
         self.mute.setIcon(icon("mic-off" if muted else "mic"))
         self.mute.setToolTip(("Unmute" if muted else "Mute") + " the microphone (Ctrl+Shift+M)")
-
-    def on_share(self, on: bool) -> None:
-        if (why := self.engine.share_screen(on)) is not None:  # the button is unchecked by the event
-            self.status.setText(f"Cannot share your screen: {why}")
 
     def on_camera(self, off: bool) -> None:
         self.engine.set_camera(not off)

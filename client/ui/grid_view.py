@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QFrame, QGridLayout, QHBoxLayout, QLabel, QSplitte
 
 from client.core.tasks import Tasks
 
-from .call_view import call_button, end_button, share_button, show_own_share
+from .call_view import ShareButton, call_button, end_button
 from .chat_view import ChatView
 from .resources import icon
 from .video import VideoView, show_preview
@@ -110,8 +110,7 @@ class RoomCallPage(QWidget):
         self.mute.toggled.connect(self.on_mute)
         self.cam = call_button("camera", "Turn the camera off (Ctrl+Shift+V)", "Ctrl+Shift+V", checkable=True)
         self.cam.toggled.connect(self.on_camera)
-        self.share = share_button()
-        self.share.toggled.connect(self.on_share)
+        self.share = ShareButton(lambda: self.engine, self._say)
         self.leave = end_button(self, "Leave", "Leave the call")
         self.leave.clicked.connect(self.on_leave)
         controls = QHBoxLayout()
@@ -196,7 +195,7 @@ class RoomCallPage(QWidget):
         """A participant's share fills the stage above the grid, until it stops; ours sets the button."""
         c = self.engine.room_call if self.engine is not None else None
         if not e.call_id:
-            show_own_share(self.share, e)
+            self.share.on_own_share(e)
         elif c is not None and e.call_id == c.call_id and (e.active or e.peer == self.sharer):
             self.sharer = e.peer if e.active else None
             self.share_label.setText(f"{self.engine.name_of(e.peer)}'s screen" if e.active else "")
@@ -229,10 +228,9 @@ class RoomCallPage(QWidget):
         self.mute.setIcon(icon("mic-off" if muted else "mic"))
         self.me.set_state(speaking=False, muted=muted)
 
-    def on_share(self, on: bool) -> None:
-        if (why := self.engine.share_screen(on)) is not None:  # the button is unchecked by the event
-            self.notice.setText(f"Cannot share your screen: {why}")
-            self.notice.show()
+    def _say(self, text: str) -> None:
+        self.notice.setText(text)
+        self.notice.show()
 
     def on_camera(self, off: bool) -> None:
         self.engine.set_camera(not off)

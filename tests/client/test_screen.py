@@ -6,7 +6,8 @@ import json
 import threading
 
 from client.core import events as ev
-from tests.components import x_display
+from client.core.screen import SHARE_BITRATE, share_targets
+from tests.components import FILL_TITLE, x_display
 from tests.support import running_server
 
 from .engines import connected_call, engines
@@ -45,6 +46,23 @@ async def test_a_headless_share_arrives_with_the_display_size_and_colour_beside_
     assert back["screen"]["frames"] == 0 and not back["screen"]["active"]  # bob shared nothing
 
 
+async def test_a_headless_client_shares_a_window_by_its_title_and_names_one_that_is_not_there(tmp_path):
+    with x_display(800, 600) as display, display.window("Notes", "#cc3322", 50, 40, 320, 240):
+        async with running_server() as srv:
+            env = {"DISPLAY": display.name}
+            wrong = await headless(srv.url, "carol", "--share-window", "Nope", env=env)
+            rc, err = await finish(wrong)
+            assert rc == 1 and "cannot share: no window is titled 'Nope'" in err, err
+            bob = await headless(srv.url, "bob", "--auto-answer", "--tone", "660", env=env, report=tmp_path / "b.json")
+            alice = await headless(srv.url, "alice", "--call", "bob", "--tone", "440", "--share-window", "Notes",
+                                   "--duration", "3", env=env)
+            (rc_a, err_a), (rc_b, err_b) = await asyncio.gather(finish(alice), finish(bob))
+    assert rc_a == 0 and rc_b == 0, err_a + err_b
+    [got] = json.loads((tmp_path / "b.json").read_text())["calls"]
+    screen = got["screen"]
+    assert (screen["width"], screen["height"]) == (320, 240) and close_to(screen["mean_rgb"], (204, 51, 34)), screen
+
+
 async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, monkeypatch):
     with x_display(800, 600) as display:
         monkeypatch.setenv("DISPLAY", display.name)
@@ -55,6 +73,11 @@ async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, mon
             await bob.until(lambda: received.screen_active and received.screen_frames > 10, 10)
             assert received.screen_size == (800, 600) and close_to(received.screen_rgb)
             assert any(isinstance(e, ev.ScreenShared) and e.peer == "alice" and e.active for e in bob.events)
+            # Its sender's encoder is the share's: from 1.5 Mbit/s up to 4, not aiortc's camera range (to 1.5).
+            encoder = alice.session(call_id).pc.senders["screen"]._RTCRtpSender__encoder
+            assert type(encoder).__name__ == "ShareEncoder" and encoder.target_bitrate >= SHARE_BITRATE[1]
+            encoder.target_bitrate = 10_000_000  # what a receiver's estimate may say
+            assert encoder.target_bitrate == SHARE_BITRATE[2] == 4_000_000
 
             alice.engine.share_screen(False)
             await bob.until(lambda: not received.screen_active, 5)
@@ -75,6 +98,40 @@ async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, mon
             await alice.until(lambda: capture_threads() == 0, 3)
 
 
+async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_both_sides(server, monkeypatch):
+    with x_display(800, 600) as display:
+        monkeypatch.setenv("DISPLAY", display.name)
+        with display.window("Notes", "#cc3322", 100, 80, 320, 240) as window:
+            targets = share_targets()
+            assert [t.name for t in targets] == ["Screen 1 (800x600)", FILL_TITLE, "Notes"]
+            notes = targets[-1]
+            assert (notes.kind, notes.width, notes.height) == ("window", 320, 240)
+            async with engines(server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
+                call_id = await connected_call(alice, bob, video=True)
+                received = bob.session(call_id).received
+                assert alice.engine.share_screen(True, notes) is None
+                await bob.until(lambda: received.screen_frames > 10, 10)
+                assert received.screen_size == (320, 240) and close_to(received.screen_rgb, (204, 51, 34))
+
+                alice.engine.share_screen(True, targets[0])  # another choice replaces it at once
+                await bob.until(lambda: received.screen_size == (800, 600), 10)
+                alice.engine.share_screen(True, notes)
+                await bob.until(lambda: received.screen_size == (320, 240), 10)
+                window.move(400, 300)  # the share follows it: still all red, none of the blue around it
+                frames = received.screen_frames
+                await bob.until(lambda: received.screen_frames > frames + 10, 10)
+                assert close_to(received.screen_rgb, (204, 51, 34)), received.screen_rgb
+
+                window.close()
+                await bob.until(lambda: not received.screen_active, 5)
+                assert not alice.engine.media.sharing and capture_threads() == 0
+                [ended] = [e for e in alice.events if isinstance(e, ev.ScreenShared) and e.problem]
+                assert not ended.active and ended.problem == "the shared window (Notes) was closed"
+                video = received.video_frames
+                await bob.until(lambda: received.video_frames > video + 10, 5)  # the call and camera go on
+                assert call_id in alice.engine.sessions and bob.session(call_id).attempts == 1
+
+
 async def test_a_share_in_a_room_call_reaches_everyone(server, monkeypatch):
     with x_display(640, 480) as display:
         monkeypatch.setenv("DISPLAY", display.name)
@@ -93,3 +150,27 @@ async def test_a_share_in_a_room_call_reaches_everyone(server, monkeypatch):
                               p.engine.room_call.pairs["ann"].received.screen_active, 15)
                 assert close_to(p.engine.room_call.pairs["ann"].received.screen_rgb)
             ann.engine.share_screen(False)
+
+
+async def test_on_wayland_the_portal_route_says_what_is_missing_and_fails_cleanly(monkeypatch):
+    """The portal route is built but cannot run here (no Wayland session, portal or PipeWire): what a user of such
+    a machine sees. Its D-Bus and GStreamer parts are not exercised by any test."""
+    from client.core import portal, screen
+    from client.core.media import LocalMedia
+
+    monkeypatch.setenv("XDG_SESSION_TYPE", "wayland")
+    assert screen.wayland() and screen.share_targets() == []  # the portal's own dialog offers screens and windows
+    portal.portal_problem.cache_clear()
+    why = screen.share_problem()
+    assert why is not None and ("gstreamer" in why.lower() or "dbus-fast" in why), why
+    assert LocalMedia(tone_hz=440).start_sharing() == why  # what the app and headless say instead of sharing
+
+    # Everything installed but no session bus: the share starts, then ends by itself, saying why.
+    monkeypatch.setattr(portal, "portal_problem", lambda: None)
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", "unix:path=/nonexistent/callbox-test-bus")
+    ended = asyncio.get_running_loop().create_future()
+    media = LocalMedia(tone_hz=440)
+    assert media.start_sharing(on_end=ended.set_result) is None
+    reason = await asyncio.wait_for(ended, 10)
+    assert reason.startswith("the desktop portal could not share the screen: "), reason
+    media.close()

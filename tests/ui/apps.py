@@ -45,6 +45,20 @@ async def online_pair(tmp_path, url, tone_a=440, tone_b=660) -> tuple[App, App]:
     return alice, bob
 
 
+async def share(qtbot, button, name: str) -> None:
+    """Press a Share screen button and pick `name` (a screen's or a window's) in the menu it offers."""
+    from PySide6.QtCore import Qt
+
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    menu = await until(lambda: button.menu, 2, "the menu of screens and windows")
+    offered = [a.text() for a in menu.actions() if not a.isSeparator()]
+    [action] = [a for a in menu.actions() if a.text() == name] or [None]
+    assert action is not None, f"{name!r} is not offered: {offered}"
+    shot(menu, "share_menu")
+    action.trigger()
+    menu.hide()
+
+
 async def until(check, timeout: float = 10.0, what: str = ""):
     try:
         async with asyncio.timeout(timeout):

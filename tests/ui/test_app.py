@@ -7,7 +7,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from client.ui.settings_dialog import SettingsDialog
 from tests.support import running_server
-from tests.ui.apps import BUSY, counter, make_app, online_pair, pixels, shot, until
+from tests.ui.apps import BUSY, counter, make_app, online_pair, pixels, share, shot, until
 
 
 def test_video_call_from_click_to_history(qtbot, qloop, tmp_path):
@@ -333,7 +333,7 @@ def test_screen_share_from_the_call_page_fills_the_others_view_and_stops(qtbot, 
                 await until(lambda: bw.incoming.isVisible(), 5)
                 qtbot.mouseClick(bw.incoming.accept_video, Qt.MouseButton.LeftButton)
                 await until(lambda: bw.call_page.remote.frames > 10, 10, "Bob sees Alice's camera")
-                qtbot.mouseClick(aw.call_page.share, Qt.MouseButton.LeftButton)
+                await share(qtbot, aw.call_page.share, "Screen 1 (1280x720)")
                 page = bw.call_page
                 await until(lambda: page.share_label.isVisibleTo(page), 5, "the share's label")
                 assert page.share_label.text() == "Alice's screen"
@@ -351,6 +351,22 @@ def test_screen_share_from_the_call_page_fills_the_others_view_and_stops(qtbot, 
                 await until(lambda: page.remote.frames > frames + 5 and page.remote.image.width() == 640, 5,
                             "her camera back in the view")
                 assert not alice.engine.media.sharing
+
+                # A window instead: it fills Bob's view at its own size; closing it ends the share on both sides.
+                with shared_display.window("Notes", "#cc3322", 200, 100, 480, 320) as notes:
+                    await share(qtbot, aw.call_page.share, "Notes")
+                    await until(lambda: page.remote.image is not None and page.remote.image.width() == 480, 10,
+                                "Alice's window, large")
+                    rgb = pixels(page.remote.image).reshape(-1, 3).mean(axis=0)
+                    assert all(abs(a - b) <= 12 for a, b in zip(rgb, (204, 51, 34), strict=True)), rgb
+                    shot(bw, "window_share_received")
+                    notes.close()
+                    await until(lambda: not page.share_label.isVisibleTo(page), 5, "the window's share taken down")
+                    assert not aw.call_page.share.isChecked() and not alice.engine.media.sharing
+                    notice = aw.call_page.notice
+                    assert notice.isVisibleTo(aw.call_page)
+                    assert notice.text() == "Screen sharing stopped: the shared window (Notes) was closed"
+                    shot(aw, "window_share_closed")
             finally:
                 await alice.shutdown()
                 await bob.shutdown()

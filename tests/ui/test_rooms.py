@@ -7,7 +7,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
 from tests.support import Peer, running_server
-from tests.ui.apps import BUSY, counter, make_app, online_pair, shot, until
+from tests.ui.apps import BUSY, counter, make_app, online_pair, share, shot, until
 
 LEFT = Qt.MouseButton.LeftButton
 CTRL_SHIFT = Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.ShiftModifier
@@ -257,7 +257,7 @@ def test_a_share_in_a_room_call_fills_the_stage_above_the_grid(qtbot, qloop, tmp
                     await until(lambda w=w: w.rooms_page.pane.members.count() == 2, 5, "both in the room")
                     qtbot.mouseClick(w.rooms_page.pane.join_call, LEFT)
                 await until(lambda: "alice" in bw.room_call_page.tiles, 10, "Alice's tile at Bob's")
-                qtbot.mouseClick(aw.room_call_page.share, LEFT)
+                await share(qtbot, aw.room_call_page.share, "Screen 1 (1280x720)")
                 page = bw.room_call_page
                 await until(lambda: page.stage.isVisibleTo(page) and page.share_view.frames > 5, 10, "the stage")
                 assert page.share_label.text() == "Alice's screen" and page.share_view.image.width() == 1280
