@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import hmac
 import logging
 import secrets
@@ -18,6 +19,7 @@ from shared.names import display_name, skeleton
 
 from .bindings import Bindings
 from .ratelimit import LoginBackoff, TokenBucket
+from .replay import ReplayBudget, ReplayLog
 
 log = logging.getLogger("callbox.hub")
 
@@ -102,18 +104,11 @@ class Session:
     display_name: str
     resume_token: str
     conn: Conn | None
+    replay: ReplayLog  # what was sent to it, kept for its resume
     deadline: float | None = None  # when a reconnecting session goes offline
-    # Every message to this user except presence and the welcome is numbered and kept (the newest
-    # queue_limit of them): while it reconnects, and for replay of what a dead socket swallowed.
-    sent: int = 0
-    recent: deque[tuple[int, str]] = field(default_factory=deque)
-    recent_bytes: int = 0  # what `recent` holds, counted as in _cost
-    missed: int = 0  # messages recorded while it had no connection
-    missed_bytes: int = 0
     gaps: dict[str, int] = field(default_factory=dict)  # channel -> messages it was not sent (channel_gap)
     channels: set[str] = field(default_factory=set)
     status: str = "online"  # the status last announced
-    overflowed: bool = False  # more than queue_limit messages came while it was away
     received: int = 0  # frames received from the client since hello, reported when it resumes
     key: str | None = None  # the identity key it proved, if any
 
@@ -161,11 +156,13 @@ class Hub:
         self.room_calls: dict[str, RoomCall] = {}  # channel -> its call, while anyone is in it
         self.room_call_ids: dict[str, RoomCall] = {}  # call id -> the same room calls
         self.in_room_call: dict[str, RoomCall] = {}  # user -> the room call it is in
-        self.deadlines_changed = False  # set by whatever may move a deadline; the transport clears it
+        # Every deadline set, as (when, kind, key), soonest first; one that has moved or gone since is dropped
+        # when it comes to the top (_current), so next_deadline() is cheap enough to ask after every frame.
+        self._deadlines: list[tuple[float, str, str]] = []
         self.redirect: p.Redirect | None = None  # set when this server hands over to another one
         self._skeletons: dict[str, str] = {}  # the skeleton of each id with a session -> that id (shared.names)
         self.backoff = LoginBackoff()  # failed logins per address
-        self.replay_used = 0  # what every session's replay buffer holds together, counted as in _cost
+        self.replay = ReplayBudget(self.config.replay_total)  # what every session's replay log holds together
         self._out: list[Action] = []
 
     # ---------------------------------------------------------------- events in
@@ -180,8 +177,9 @@ class Hub:
         if cs is None or cs.closing:
             return []
         self._out = []
-        if cs.user is not None:
-            self.sessions[cs.user].received += 1  # every frame after hello counts, whatever becomes of it
+        s = self.sessions[cs.user] if cs.user is not None else None
+        if s is not None:
+            s.received += 1  # every frame after hello counts, whatever becomes of it (an ack is taken back)
         if self._rate_limited(conn, cs, now):
             return self._take()
         if _too_big(raw):
@@ -195,6 +193,11 @@ class Hub:
             self._error(conn, exc.code, str(exc), exc.ref)
             if cs.user is None:
                 self._close(conn, CLOSE_POLICY, "the first message must be a valid hello")
+            return self._take()
+        if s is not None and isinstance(msg, p.Ack):
+            s.received -= 1
+            s.replay.confirm(msg.received)  # what it has need not be kept for its resume
+            self._out.append(Send(conn, p.Ack(received=s.received).encode()))  # and what we have of its
             return self._take()
         if cs.user is None:
             if isinstance(msg, p.Hello):
@@ -234,9 +237,9 @@ class Hub:
             self._flush_gaps(s)
         return self._take()
 
-    def close(self, conn: Conn, now: float) -> list[Action]:
-        """The transport lost this connection, however it went."""
-        self.deadlines_changed = True
+    def connection_lost(self, conn: Conn, now: float) -> list[Action]:
+        """The transport lost this connection, however it went (a close frame, a dead peer, a socket error). Not
+        to be confused with _close, which asks the transport to close one."""
         cs = self.conns.pop(conn, None)
         self._out = []
         if cs is None or cs.user is None:
@@ -249,12 +252,12 @@ class Hub:
             self._drop_session(s, now)
         else:
             s.deadline = now + self.config.resume_grace
+            self._due(s.deadline, "session", s.user_id)
             self._refresh(s)
         return self._take()
 
     def expire(self, now: float) -> list[Action]:
         """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims."""
-        self.deadlines_changed = True
         self._out = []
         for call_id, deadline in list(self.call_deadlines.items()):
             call = self.calls.get(call_id)
@@ -280,10 +283,24 @@ class Hub:
         return self._take()
 
     def next_deadline(self) -> float | None:
-        times = [d for d in self.call_deadlines.values()]
-        times += [s.deadline for s in self.sessions.values() if s.deadline is not None]
-        times += [c.deadline for c in self.claims.values()]
-        return min(times, default=None)
+        """When expire() next has something to do (None: nothing is due ever); the transport asks after every
+        event it hands in, and sets its timer when the answer changes."""
+        heap = self._deadlines
+        while heap and not self._current(*heap[0]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def _due(self, at: float, kind: str, key: str) -> None:
+        heapq.heappush(self._deadlines, (at, kind, key))
+
+    def _current(self, at: float, kind: str, key: str) -> bool:
+        if kind == "ring":
+            return self.call_deadlines.get(key) == at
+        if kind == "session":
+            s = self.sessions.get(key)
+            return s is not None and s.conn is None and s.deadline == at
+        claim = self.claims.get(key)
+        return claim is not None and claim.deadline == at
 
     # ---------------------------------------------------------------- queries
 
@@ -319,7 +336,7 @@ class Hub:
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
-        assert self.replay_used == sum(s.recent_bytes for s in self.sessions.values()), "replay bytes miscounted"
+        assert self.replay.used == sum(s.replay.bytes for s in self.sessions.values()), "replay bytes miscounted"
         for ch, members in self.channels.items():
             assert members, f"empty channel {ch} kept"
             for u in members:
@@ -339,7 +356,6 @@ class Hub:
     # ---------------------------------------------------------------- session
 
     def _hello(self, conn: Conn, msg: p.Hello, now: float) -> None:
-        self.deadlines_changed = True
         cfg = self.config
         if msg.protocol != p.PROTOCOL_VERSION:
             self._error(conn, p.UNSUPPORTED_PROTOCOL,
@@ -378,9 +394,8 @@ class Hub:
             and hmac.compare_digest(old.resume_token.encode(), msg.resume_token.encode())
         )
         # What the client got of this session; without a count, whatever was sent while it was connected.
-        got = (msg.received if msg.received is not None else old.sent - old.missed) if owner else 0
-        resuming = owner and not (old.overflowed or got > old.sent or (
-            got < old.sent and (not old.recent or old.recent[0][0] > got + 1)))
+        got = (msg.received if msg.received is not None else old.replay.sent - old.replay.missed) if owner else 0
+        resuming = owner and old.replay.can_resume(got)
         if old is not None and not resuming:
             # Its key proves the owner too: one back from a restart replaces a connection not yet seen dead.
             if old.conn is not None and not owner and not (bound is not None and proven == bound):
@@ -402,12 +417,14 @@ class Hub:
                 replaced = s.conn
                 self.conns[replaced].user = None
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
-            s.conn, s.deadline, s.missed, s.missed_bytes = conn, None, 0, 0
+            s.conn, s.deadline = conn, None
+            s.replay.reconnected()
             if name != s.display_name:
                 s.display_name = name
                 s.status = ""  # announce the new name with the status
         else:
-            s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn, key=proven or None)
+            s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn,
+                        ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=proven or None)
             self.sessions[s.user_id] = s
             self._skeletons[skeleton(s.user_id)] = s.user_id
             s.status = ""
@@ -422,9 +439,8 @@ class Hub:
             resumed=resuming,
             received=s.received,
         ).encode()))
-        for seq, text in s.recent:
-            if seq > got:
-                self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
+        for text in s.replay.since(got):
+            self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
         self._flush_gaps(s)
         if self.redirect is not None and not resuming:
             self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
@@ -455,10 +471,9 @@ class Hub:
 
     def _drop_session(self, s: Session, now: float) -> None:
         """The user is gone for good: end its calls, leave its channels, announce it offline."""
-        self.deadlines_changed = True
         del self.sessions[s.user_id]
         self._skeletons.pop(skeleton(s.user_id), None)
-        self._free_replay(s)
+        s.replay.clear()
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
             peer = call.peer_of(s.user_id)
@@ -492,6 +507,7 @@ class Hub:
                 # restart); the claim waits for it while the claimer stays online, up to CLAIM_TTL.
                 ttl = max(2 * self.config.resume_grace, CLAIM_TTL)
                 self.claims[ac.call_id] = _Claim(s.user_id, ac.peer, ac.media, now + ttl)
+                self._due(now + ttl, "claim", ac.call_id)
 
     # ---------------------------------------------------------------- dispatch
 
@@ -684,7 +700,6 @@ class Hub:
             self._forget_call(call)
 
     def _accept(self, user: str, conn: Conn, call: Call, now: float) -> None:
-        self.deadlines_changed = True
         if user != call.callee:
             raise _Refused(p.INVALID_STATE, "only the callee can accept a call")
         for party in call.parties():
@@ -700,7 +715,6 @@ class Hub:
             self._refresh(self.sessions[party])
 
     def _call_incoming(self, user: str, conn: Conn, msg: p.CallIncoming, now: float) -> None:
-        self.deadlines_changed = True
         callee = msg.to
         if callee == user:
             self._error(conn, p.BAD_MESSAGE, "you cannot call yourself", msg.call_id)
@@ -724,6 +738,7 @@ class Hub:
         call.history.append((State.RINGING, now))
         self.calls[call.call_id] = call
         self.call_deadlines[call.call_id] = now + self.config.ring_timeout
+        self._due(now + self.config.ring_timeout, "ring", call.call_id)
         caller = self.sessions[user]
         self._to_user(callee, p.CallIncoming(call_id=msg.call_id, media=msg.media, sender=user,
                                              display_name=caller.display_name))
@@ -736,7 +751,6 @@ class Hub:
         )
 
     def _forget_call(self, call: Call) -> None:
-        self.deadlines_changed = True
         self.calls.pop(call.call_id, None)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
@@ -772,43 +786,14 @@ class Hub:
     # ---------------------------------------------------------------- output
 
     def _record(self, s: Session, text: str) -> None:
-        """Number and keep a message for a user, for its replay on resume. The buffer keeps the newest
-        queue_limit messages and replay_bytes bytes, and all buffers together replay_total bytes: past
-        that the oldest go, and if one of them is still needed (the user was away when it came) the session
-        can no longer resume, and ends."""
-        s.sent += 1
-        if s.overflowed:
-            return  # ending: nothing will be replayed
-        cost = _cost(text)
-        s.recent.append((s.sent, text))
-        s.recent_bytes += cost
-        self.replay_used += cost
-        if s.conn is None:
-            s.missed += 1
-            s.missed_bytes += cost
-        cfg = self.config
-        while len(s.recent) > 1 and (len(s.recent) > cfg.queue_limit or s.recent_bytes > cfg.replay_bytes
-                                     or self.replay_used > cfg.replay_total):
-            seq, old = s.recent[0]
-            if s.conn is None and seq > s.sent - s.missed:
-                self._overflow(s)
-                return
-            s.recent.popleft()
-            s.recent_bytes -= _cost(old)
-            self.replay_used -= _cost(old)
-
-    def _overflow(self, s: Session) -> None:
-        log.warning("more for %s than its replay buffer holds (%d messages, %d bytes) while it is away; "
-                    "ending its session", s.user_id, s.missed, s.missed_bytes)
-        s.overflowed = True  # it can no longer resume: a message would be missing
-        s.deadline = float("-inf")  # the next expire() takes it offline
-        self.deadlines_changed = True
-        self._free_replay(s)
-
-    def _free_replay(self, s: Session) -> None:
-        self.replay_used -= s.recent_bytes
-        s.recent.clear()
-        s.recent_bytes = 0
+        """Number and keep a message for a user, for its replay on resume (server.replay). If the log overflows
+        while the user is away, the session can no longer resume, and ends."""
+        if not s.replay.record(text, connected=s.conn is not None):
+            r = s.replay
+            log.warning("more for %s than its replay log holds (%d messages, %d bytes) while it is away; "
+                        "ending its session", s.user_id, r.missed, r.missed_bytes)
+            s.deadline = float("-inf")  # the next expire() takes it offline
+            self._due(s.deadline, "session", s.user_id)
 
     def _shed(self, s: Session) -> bool:
         """Whether a channel message for this user is held back (counted as a gap, not sent nor kept): its
@@ -817,7 +802,7 @@ class Hub:
         if s.conn is not None:
             return self.conns[s.conn].congested
         cfg = self.config
-        return s.missed >= cfg.queue_limit // 2 or s.missed_bytes >= cfg.replay_bytes // 2
+        return s.replay.missed >= cfg.queue_limit // 2 or s.replay.missed_bytes >= cfg.replay_bytes // 2
 
     def _flush_gaps(self, s: Session) -> None:
         gaps, s.gaps = s.gaps, {}
@@ -894,11 +879,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def _cost(text: str) -> int:
-    """What a kept message counts for in the replay limits: its length plus the bookkeeping around it."""
-    return len(text) + 100
 
 
 def _too_big(raw: str | bytes) -> bool:

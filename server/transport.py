@@ -225,7 +225,7 @@ class SignalingServer:
             if timer is not None:
                 timer.cancel()
             user = self.hub.conns[ws].user if ws in self.hub.conns else None
-            self._apply(self.hub.close(ws, loop.time()))
+            self._apply(self.hub.connection_lost(ws, loop.time()))
             why = self._dropped.pop(ws, None) or _why(ws)
             log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", why)
 
@@ -327,10 +327,7 @@ class SignalingServer:
     # ------------------------------------------------------------ deadlines
 
     def _schedule(self) -> None:
-        if not self.hub.deadlines_changed:
-            return  # the relay's hot path: no deadline moved, and next_deadline() looks at every session
-        self.hub.deadlines_changed = False
-        at = self.hub.next_deadline()
+        at = self.hub.next_deadline()  # cheap: the hub keeps its deadlines in a heap
         if at == self._timer_at:
             return
         if self._timer is not None:

@@ -377,6 +377,15 @@ class Presence(Message):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Ack(Message):
+    """Either way, never numbered nor counted (§2.3): I have the first `received` numbered messages of this
+    session from you, so you need not keep them for a resume."""
+
+    type: ClassVar[str] = "ack"
+    received: int = spec(integer(0, 2**53))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Bye(Message):
     """Client to server: I am leaving on purpose; skip the resume grace."""
 
@@ -594,7 +603,7 @@ class RoomCallLeave(Message):
 CLIENT_TYPES = frozenset(
     t.type
     for t in (
-        Hello, Bye, CallIncoming, CallAccepted, CallRejected, CallEnded,
+        Hello, Ack, Bye, CallIncoming, CallAccepted, CallRejected, CallEnded,
         WebrtcOffer, WebrtcAnswer, WebrtcIceCandidate, Join, Leave, ChannelMessage, Chat, RoomCallJoin,
         RoomCallLeave, ScreenShare,
     )

@@ -41,6 +41,8 @@ class OutboxFull(Exception):
 
 
 # Errors from the server that retrying cannot fix.
+ACK_EVERY = 100  # messages received between acks, at most (docs/protocol.md §2.3) ...
+ACK_AFTER = 2.0  # ... or seconds after a message, when fewer came
 FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL, p.KEY_MISMATCH, p.BAD_PROOF}
 
 
@@ -125,6 +127,9 @@ class SignalingClient:
         self._sent = 0
         self._unconfirmed: deque[tuple[int, str]] = deque(maxlen=outbox_limit)
         self._received = 0  # messages from the server in this session, presence and the welcome aside
+        self._acked = 0  # ... of which the server was last told by an ack (docs/protocol.md §2.3)
+        self._acks = True  # False once this server said it does not know ack
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -290,6 +295,7 @@ class SignalingClient:
             self._outbox.extendleft(reversed([p.Join(channel=c).encode() for c in sorted(self.channels)]))
             self._sent = self._received = 0
         self._unconfirmed.clear()
+        self._acked, self._acks = 0, True  # each connection acks afresh: it may be to another server
         self._set_state(ConnState.ONLINE, "resumed" if reply.resumed else "")
         self._deliver(reply)
         return True
@@ -306,17 +312,50 @@ class SignalingClient:
                     continue
                 if isinstance(msg, p.Presence):
                     self._presence(msg)
+                elif isinstance(msg, p.Ack):
+                    self._confirmed(msg.received)
+                    continue
                 else:
                     self._received += 1
+                    self._ack_soon()
+                    if isinstance(msg, p.Error) and msg.code == p.UNKNOWN_TYPE and msg.ref == p.Ack.type:
+                        self._acks = False  # an older server: it keeps everything, as it always did
+                        continue
                 self._deliver(msg)
         finally:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
+    def _ack_soon(self) -> None:
+        """Tell the server what we have (an ack) ACK_EVERY messages after the last ack, or ACK_AFTER seconds
+        after a message when fewer came: so it can drop them from its replay log, and an idle user costs it
+        almost nothing."""
+        if not self._acks:
+            return
+        if self._received - self._acked >= ACK_EVERY:
+            self._wake.set()  # the writer sends it
+        elif self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_AFTER, self._ack_due)
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        self._wake.set()
+
+    def _confirmed(self, got: int) -> None:
+        """The server has our first `got` frames of this session: they need not be kept for a resume."""
+        while self._unconfirmed and self._unconfirmed[0][0] <= got:
+            self._unconfirmed.popleft()
+
     async def _write(self, ws: ClientConnection) -> None:
-        """Drain the outbox in order. A message leaves the outbox only once the socket took it."""
+        """Drain the outbox in order. A message leaves the outbox only once the socket took it. An ack, when one
+        is due, goes first; it is neither numbered nor kept."""
         while True:
+            unacked = self._received - self._acked
+            if self._acks and (unacked >= ACK_EVERY or (unacked > 0 and self._ack_timer is None)):
+                got = self._received
+                await ws.send(p.Ack(received=got).encode())
+                self._acked = got
             while self._outbox:
                 await ws.send(self._outbox[0])
                 self._sent += 1

@@ -733,7 +733,7 @@ async def test_a_message_the_server_wrote_into_a_dead_socket_is_replayed_once():
     async with alice_through_a_proxy() as (srv, proxy, bob, probe, client):
         proxy.stall()  # the server's frames to alice now die in the proxy
         await bob.peer.send({"type": "channel_message", "channel": "room", "text": "into the void"})
-        await eventually(lambda: srv.hub.sessions["alice"].sent >= 2)  # joined, then the chat line
+        await eventually(lambda: srv.hub.sessions["alice"].replay.sent >= 2)  # joined, then the chat line
         proxy.cut()
         proxy.unstall()
         await eventually(lambda: client.connects == 2)
@@ -741,3 +741,55 @@ async def test_a_message_the_server_wrote_into_a_dead_socket_is_replayed_once():
         await eventually(lambda: any(m.text == "next" for m in probe.of(p.ChannelMessage)))
         assert [m.text for m in probe.of(p.ChannelMessage)] == ["into the void", "next"]
         assert probe.of(p.ConnectionEstablished)[1].resumed
+
+
+async def test_acks_keep_both_replay_logs_small_while_connected_and_an_older_server_is_left_alone(monkeypatch):
+    """A connected client acks what it got (ACK_EVERY messages, or ACK_AFTER seconds after one): the server's
+    replay log of it empties, and the server's own ack trims the client's kept frames."""
+    monkeypatch.setattr(signaling, "ACK_AFTER", 0.2)
+    async with running_server(rate=0) as srv:
+        probe = Probe()
+        client = make_client(srv.url, "alice", probe)
+        client.start()
+        bob = await Peer.connect(srv.url, "bob")
+        await eventually(lambda: client.state is ONLINE)
+        for i in range(250):
+            await bob.send({"type": "chat", "to": "alice", "id": f"m{i}", "text": f"line {i}"})
+            client.send(p.Chat(to="bob", id=f"r{i}", text="back"))
+        await eventually(lambda: len(probe.of(p.Chat)) == 250)
+        log = srv.hub.sessions["alice"].replay
+        await eventually(lambda: not log.entries, timeout=3)  # every chat line acked: nothing kept for alice
+        assert log.sent == 250 and srv.hub.replay.used == srv.hub.sessions["bob"].replay.bytes
+        await eventually(lambda: not client._unconfirmed, timeout=3)  # and the server acked her 250
+        assert srv.hub.sessions["alice"].received == 250  # her acks are not counted as frames
+        await client.stop()
+        await bob.ws.close()
+
+    # A server that predates ack refuses it with unknown_type once; the client stops sending it there.
+    after: list[str] = []
+
+    async def older_server(ws):
+        hello = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "connection_established", "user_id": hello["user_id"], "resume_token": "t",
+                                  "users": [], "server": {"version": "0.0.1", "ping_interval": 10,
+                                                          "resume_grace": 30}, "resumed": False, "received": 0}))
+        chat = {"type": "chat", "id": "x", "text": "hi", "from": "bob", "ts": 1.0}
+        await ws.send(json.dumps(chat))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 3))["type"] == "ack"
+        await ws.send(json.dumps({"type": "error", "code": "unknown_type", "ref": "ack",
+                                  "message": "unknown message type 'ack'"}))
+        await ws.send(json.dumps(chat))
+        with contextlib.suppress(TimeoutError):
+            while True:  # past ACK_AFTER: an ack would come now
+                after.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0))["type"])
+
+    async with serve(older_server, "127.0.0.1", 0) as server:
+        probe = Probe()
+        client = make_client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", "alice", probe)
+        client.start()
+        await eventually(lambda: len(probe.of(p.Chat)) == 2, timeout=3)
+        client.send(p.Chat(to="bob", id="y", text="still fine"))
+        await asyncio.sleep(1.5)
+        assert after == ["chat"] and not client._acks
+        assert not probe.of(p.Error)  # the refusal is not the app's business
+        await client.stop()

@@ -1,6 +1,7 @@
 """The hub with no sockets: deliveries, timers and cleanup, plus property tests over random message sequences."""
 
 import json
+from collections import deque
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,7 +42,7 @@ class Wire:
         return self.take(conn)[0]
 
     def drop(self, conn):
-        self.run(self.hub.close(conn, self.now))
+        self.run(self.hub.connection_lost(conn, self.now))
 
     def advance(self, dt):
         self.now += dt
@@ -112,7 +113,7 @@ def test_queue_overflow_ends_the_session():
         _candidate(w, f"m{i}")
     w.advance(0)
     assert w.hub.status("bob") == "offline"
-    assert w.hub.replay_used == sum(s.recent_bytes for s in w.hub.sessions.values())
+    assert w.hub.replay.used == sum(s.replay.bytes for s in w.hub.sessions.values())
 
 
 def test_replay_bytes_overflow_ends_the_session_and_frees_its_buffer():
@@ -124,7 +125,7 @@ def test_replay_bytes_overflow_ends_the_session_and_frees_its_buffer():
     assert w.hub.status("bob") == "reconnecting"
     for _ in range(8):
         _candidate(w, "c" * 1000)  # more than 10,000 bytes missed
-    assert w.hub.sessions["bob"].recent_bytes == 0
+    assert w.hub.sessions["bob"].replay.bytes == 0
     w.advance(0)
     assert w.hub.status("bob") == "offline"
     assert any(m["reason"] == "peer_disconnected" for m in w.take("alice", "call_ended"))
@@ -136,8 +137,8 @@ def test_replay_buffer_of_a_connected_user_keeps_the_newest_within_its_bytes():
     for i in range(100):
         _candidate(w, f"{i:04d}" + "c" * 996)
     bob = w.hub.sessions["bob"]
-    assert bob.recent_bytes <= 10_000 and len(bob.recent) >= 8
-    assert json.loads(bob.recent[-1][1])["candidate"].startswith("0099")
+    assert bob.replay.bytes <= 10_000 and len(bob.replay.entries) >= 8
+    assert json.loads(bob.replay.entries[-1][1])["candidate"].startswith("0099")
     assert len(w.take("bob", "webrtc_ice_candidate")) == 100  # nothing lost on a live connection
 
 
@@ -148,7 +149,7 @@ def test_server_wide_replay_total_is_kept():
         w.send(u, type="join", channel="room")
     for _ in range(50):
         w.send("alice", type="channel_message", channel="room", text="t" * 1000)
-    assert w.hub.replay_used <= 30_000 + 1200
+    assert w.hub.replay.used <= 30_000 + 1200
     w.hub.check_invariants()
 
 
@@ -352,7 +353,7 @@ def test_resume_replays_what_the_client_did_not_get_and_refuses_a_gap():
     w.send("alice", type="join", channel="room"), w.send("bob", type="join", channel="room")
     for i in range(3):
         w.send("alice", type="channel_message", channel="room", text=f"m{i}")
-    bob_got = w.hub.sessions["bob"].sent - 2  # the last two never reached bob: a dead socket ate them
+    bob_got = w.hub.sessions["bob"].replay.sent - 2  # the last two never reached bob: a dead socket ate them
     w.drop("bob")
     w.open("bob2")
     w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=token,
@@ -381,3 +382,31 @@ def test_own_client_back_too_late_to_resume_gets_a_fresh_session_not_name_taken(
     assert welcome["type"] == "connection_established" and welcome["resumed"] is False
     assert w.closed["bob"] == 4000
     assert w.hub.sessions["bob"].conn == "bob2" and w.hub.sessions["bob"].resume_token != token
+
+
+def test_an_ack_trims_the_replay_log_of_a_connected_user_and_resume_stays_exact():
+    w = Wire(rate=0)
+    _in_call(w)
+    for i in range(1000):
+        _candidate(w, f"cand{i}")
+    bob = w.hub.sessions["bob"]
+    assert (len(bob.replay.entries), bob.replay.sent) == (1000, 1001)  # the call and 1000 candidates: the newest
+    # 1000 (queue_limit) are kept, though bob is connected, until he says he has them
+    w.take("bob")
+    received = bob.received
+    w.send("bob", type="ack", received=bob.replay.sent - 2)  # two are still on the wire
+    assert w.take("bob") == [{"type": "ack", "received": received}]  # and what the server has of bob's
+    assert bob.received == received  # an ack is not counted (nor numbered: bob's log did not grow)
+    assert [seq for seq, _ in bob.replay.entries] == [1000, 1001] and bob.replay.sent == 1001
+    assert w.hub.replay.used == bob.replay.bytes + w.hub.sessions["alice"].replay.bytes
+    # The connection dies with the last two unread: the resume replays exactly those.
+    w.drop("bob")
+    w.open("bob2")
+    w.send("bob2", type="hello", protocol=1, user_id="bob", display_name="Bob", resume_token=bob.resume_token,
+           received=999)
+    welcome, *rest = w.take("bob2")
+    assert welcome["resumed"] is True and [m["candidate"] for m in rest] == ["cand998", "cand999"]
+    # A client that claims to have what it was never sent only empties its own log.
+    w.send("bob2", type="ack", received=10**9)
+    assert bob.replay.entries == deque() and w.hub.status("bob") == "in_call"
+    w.hub.check_invariants()

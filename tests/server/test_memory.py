@@ -17,7 +17,7 @@ async def test_replay_buffer_is_bounded_in_bytes_and_past_it_the_session_ends():
         for _ in range(20):  # 1.2 MB while bob reads: the buffer keeps only the newest
             await alice.send(offer)
             await bob.expect("webrtc_offer")
-        assert sum(len(t) for _, t in srv.hub.sessions["bob"].recent) <= 256 * 1024
+        assert sum(len(t) for _, t in srv.hub.sessions["bob"].replay.entries) <= 256 * 1024
         bob.cut()
         await alice.expect("presence", user_id="bob", status="reconnecting")
         for _ in range(6):  # 366 KB while bob is away: more than his buffer, so he cannot resume
@@ -25,7 +25,7 @@ async def test_replay_buffer_is_bounded_in_bytes_and_past_it_the_session_ends():
         ended = await alice.expect("call_ended", timeout=3)
         assert ended["reason"] == "peer_disconnected"
         await eventually(lambda: "bob" not in srv.hub.sessions)
-        assert srv.hub.replay_used <= 256 * 1024 + 70_000
+        assert srv.hub.replay.used <= 256 * 1024 + 70_000
         srv.hub.check_invariants()
 
 
