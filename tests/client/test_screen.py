@@ -5,10 +5,12 @@ import asyncio
 import json
 import threading
 
+import pytest
+
 from client.core import events as ev
 from client.core.screen import SHARE_BITRATE, share_targets
 from tests.components import FILL_TITLE, x_display
-from tests.support import running_server
+from tests.support import BUSY, running_server
 
 from .engines import connected_call, engines
 from .test_headless import finish, headless
@@ -21,13 +23,20 @@ def close_to(rgb, want=COLOR) -> bool:
     return rgb is not None and all(abs(a - b) <= TOLERANCE for a, b in zip(rgb, want, strict=True))
 
 
+@pytest.fixture
+async def busy_server():
+    """A server with an installed server's keepalive: a share keeps the loop it shares with the server busy."""
+    async with running_server(**BUSY) as srv:
+        yield srv
+
+
 def capture_threads() -> int:
     return sum(t.name == "screen capture" for t in threading.enumerate())
 
 
 async def test_a_headless_share_arrives_with_the_display_size_and_colour_beside_both_cameras(tmp_path):
     with x_display(1280, 720) as display:
-        async with running_server() as srv:
+        async with running_server(**BUSY) as srv:
             env = {"DISPLAY": display.name}
             bob = await headless(srv.url, "bob", "--auto-answer", "--tone", "660", "--video", env=env,
                                  report=tmp_path / "b.json")
@@ -48,7 +57,7 @@ async def test_a_headless_share_arrives_with_the_display_size_and_colour_beside_
 
 async def test_a_headless_client_shares_a_window_by_its_title_and_names_one_that_is_not_there(tmp_path):
     with x_display(800, 600) as display, display.window("Notes", "#cc3322", 50, 40, 320, 240):
-        async with running_server() as srv:
+        async with running_server(**BUSY) as srv:
             env = {"DISPLAY": display.name}
             wrong = await headless(srv.url, "carol", "--share-window", "Nope", env=env)
             rc, err = await finish(wrong)
@@ -63,10 +72,10 @@ async def test_a_headless_client_shares_a_window_by_its_title_and_names_one_that
     assert (screen["width"], screen["height"]) == (320, 240) and close_to(screen["mean_rgb"], (204, 51, 34)), screen
 
 
-async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, monkeypatch):
+async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(busy_server, monkeypatch):
     with x_display(800, 600) as display:
         monkeypatch.setenv("DISPLAY", display.name)
-        async with engines(server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
+        async with engines(busy_server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
             call_id = await connected_call(alice, bob, video=True)
             received = bob.session(call_id).received
             assert alice.engine.share_screen(True) is None
@@ -98,7 +107,7 @@ async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(server, mon
             await alice.until(lambda: capture_threads() == 0, 3)
 
 
-async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_both_sides(server, monkeypatch):
+async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_both_sides(busy_server, monkeypatch):
     with x_display(800, 600) as display:
         monkeypatch.setenv("DISPLAY", display.name)
         with display.window("Notes", "#cc3322", 100, 80, 320, 240) as window:
@@ -106,7 +115,7 @@ async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_bot
             assert [t.name for t in targets] == ["Screen 1 (800x600)", FILL_TITLE, "Notes"]
             notes = targets[-1]
             assert (notes.kind, notes.width, notes.height) == ("window", 320, 240)
-            async with engines(server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
+            async with engines(busy_server.url, ("alice", 440), ("bob", 660), video=True) as (alice, bob):
                 call_id = await connected_call(alice, bob, video=True)
                 received = bob.session(call_id).received
                 assert alice.engine.share_screen(True, notes) is None
@@ -132,10 +141,10 @@ async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_bot
                 assert call_id in alice.engine.sessions and bob.session(call_id).attempts == 1
 
 
-async def test_a_share_in_a_room_call_reaches_everyone(server, monkeypatch):
+async def test_a_share_in_a_room_call_reaches_everyone(busy_server, monkeypatch):
     with x_display(640, 480) as display:
         monkeypatch.setenv("DISPLAY", display.name)
-        async with engines(server.url, ("ann", 440), ("ben", 550), ("cat", 660)) as probes:
+        async with engines(busy_server.url, ("ann", 440), ("ben", 550), ("cat", 660)) as probes:
             ann, ben, cat = probes
             for p in probes:
                 p.engine.join_room("team")

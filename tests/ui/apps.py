@@ -12,11 +12,9 @@ from client.core.media import LocalMedia
 from client.core.settings import Profile
 from client.core.tracks import read_counter
 from client.ui.app import App
+from tests.support import BUSY  # noqa: F401 (the UI tests take it from here, beside the other helpers)
 
 SCREENS = Path(__file__).resolve().parents[2] / "test-output" / "screens"
-# Keepalive and grace as an installed server has them, for scenarios whose apps keep the one thread they share
-# with the server busy (video to several, a screen share): the tests' 100 ms would cut them off.
-BUSY = dict(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0)
 
 
 def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone: float | None = 440,
