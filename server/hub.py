@@ -34,6 +34,7 @@ CLOSE_REPLACED = 4000  # a resumed connection took this one's place
 CLAIM_TTL = 60.0  # seconds a restored-call claim (hello.calls) waits for the other party
 HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
 HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
+PRESENCE_BATCH_BYTES = 64 * 1024  # a presence_batch frame is cut before it grows past this
 
 
 # ---- what the hub asks the transport to do, in order ----
@@ -67,6 +68,9 @@ class HubConfig:
     resume_grace: float = 30.0
     ring_timeout: float = 45.0
     ping_interval: float = 10.0
+    # Presence changes are gathered this long and then sent, each user once, in one presence_batch frame per
+    # connection (0: each change at once, as a presence frame of its own).
+    presence_tick: float = 0.05
     queue_limit: int = 1000  # messages kept per user for replay on resume (and so held while it reconnects)
     replay_bytes: int = 1 << 20  # ... and their size at most, per user
     replay_total: int = 256 << 20  # ... and over all users together
@@ -111,6 +115,7 @@ class Session:
     status: str = "online"  # the status last announced
     received: int = 0  # frames received from the client since hello, reported when it resumes
     key: str | None = None  # the identity key it proved, if any
+    batch: bool = False  # it takes presence in presence_batch frames
 
 
 @dataclass
@@ -164,6 +169,10 @@ class Hub:
         self.backoff = LoginBackoff()  # failed logins per address
         self.replay = ReplayBudget(self.config.replay_total)  # what every session's replay log holds together
         self._out: list[Action] = []
+        self._presence: dict[str, p.UserInfo] = {}  # changes not yet sent: user -> its latest, in first-change order
+        self._presence_at: float | None = None  # when they go out
+        self._now = 0.0  # the time of the event being handled
+        self._snapshot: list[str] | None = None  # the user list as presence_batch frames, until the next tick
 
     # ---------------------------------------------------------------- events in
 
@@ -173,6 +182,7 @@ class Hub:
         return []
 
     def receive(self, conn: Conn, raw: str | bytes, now: float) -> list[Action]:
+        self._now = now
         cs = self.conns.get(conn)
         if cs is None or cs.closing:
             return []
@@ -240,6 +250,7 @@ class Hub:
     def connection_lost(self, conn: Conn, now: float) -> list[Action]:
         """The transport lost this connection, however it went (a close frame, a dead peer, a socket error). Not
         to be confused with _close, which asks the transport to close one."""
+        self._now = now
         cs = self.conns.pop(conn, None)
         self._out = []
         if cs is None or cs.user is None:
@@ -258,6 +269,7 @@ class Hub:
 
     def expire(self, now: float) -> list[Action]:
         """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims."""
+        self._now = now
         self._out = []
         for call_id, deadline in list(self.call_deadlines.items()):
             call = self.calls.get(call_id)
@@ -272,6 +284,8 @@ class Hub:
         for call_id, claim in list(self.claims.items()):
             if claim.deadline <= now:
                 del self.claims[call_id]
+        if self._presence_at is not None and self._presence_at <= now:
+            self._flush_presence()
         return self._take()
 
     def hand_over(self, url: str, server_id: str | None = None) -> list[Action]:
@@ -299,6 +313,8 @@ class Hub:
         if kind == "session":
             s = self.sessions.get(key)
             return s is not None and s.conn is None and s.deadline == at
+        if kind == "presence":
+            return self._presence_at == at
         claim = self.claims.get(key)
         return claim is not None and claim.deadline == at
 
@@ -419,19 +435,25 @@ class Hub:
                 self._close(replaced, CLOSE_REPLACED, "replaced by a newer connection")
             s.conn, s.deadline = conn, None
             s.replay.reconnected()
+            s.batch = bool(msg.presence_batch)
             if name != s.display_name:
                 s.display_name = name
                 s.status = ""  # announce the new name with the status
         else:
             s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn,
-                        ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=proven or None)
+                        ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=proven or None,
+                        batch=bool(msg.presence_batch))
             self.sessions[s.user_id] = s
             self._skeletons[skeleton(s.user_id)] = s.user_id
             s.status = ""
+        listed = self._user_list() if s.batch else []
         self._out.append(Send(conn, p.ConnectionEstablished(
             user_id=s.user_id,
             resume_token=s.resume_token,
-            users=tuple(self._info(o) for o in self.sessions.values() if o is not s),
+            # A client that takes batches gets the list in them, from a snapshot shared by every login until the
+            # next presence tick (whose batch then brings it up to date); an older one, in this frame.
+            users=() if s.batch else tuple(self._info(o) for o in self.sessions.values() if o is not s),
+            users_follow=len(listed) if s.batch else None,
             server=p.ServerInfo(version=cfg.version, ping_interval=cfg.ping_interval,
                                 resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit,
                                 server_id=cfg.server_id, kind=cfg.kind, started=cfg.started,
@@ -439,6 +461,7 @@ class Hub:
             resumed=resuming,
             received=s.received,
         ).encode()))
+        self._out.extend(Send(conn, text) for text in listed)
         for text in s.replay.since(got):
             self._out.append(Send(conn, text))  # in order: what it missed, then what comes next
         self._flush_gaps(s)
@@ -775,10 +798,43 @@ class Hub:
             self._announce(s, status)
 
     def _announce(self, s: Session, status: str) -> None:
-        msg = p.Presence(user_id=s.user_id, display_name=s.display_name, status=status, key=s.key).encode()
-        conns = tuple(o.conn for o in self.sessions.values() if o.conn is not None and o is not s)
+        """Tell everyone else, at the next presence tick, together with every other change in it."""
+        self._presence[s.user_id] = p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=status,
+                                                key=s.key)
+        if self._presence_at is None and self.config.presence_tick > 0:
+            self._presence_at = self._now + self.config.presence_tick
+            self._due(self._presence_at, "presence", "")
+
+    def _flush_presence(self) -> None:
+        """The tick's changes go out: to a client that asked, in presence_batch frames (one, unless it would pass
+        PRESENCE_BATCH_BYTES); to an older one, a presence frame per change but its own."""
+        changes, self._presence, self._presence_at = self._presence, {}, None
+        if not changes:
+            return
+        self._snapshot = None  # the next login's user list is built afresh
+        batch, single = [], []
+        for o in self.sessions.values():
+            if o.conn is not None:
+                (batch if o.batch else single).append(o)
+        for info in changes.values():  # older clients: one frame each, to all but its subject
+            conns = tuple(o.conn for o in single if o.user_id != info.user_id)
+            if conns:
+                self._out.append(Broadcast(conns, p.Presence(user_id=info.user_id, display_name=info.display_name,
+                                                             status=info.status, key=info.key).encode()))
+        # The same frames for all (built once, whatever the storm): a client skips its own entry, and a change
+        # alone in its tick is not sent to its subject.
+        alone = next(iter(changes)) if len(changes) == 1 else None
+        conns = tuple(o.conn for o in batch if o.user_id != alone)
         if conns:
-            self._out.append(Broadcast(conns, msg))
+            for text in _batches(list(changes.values())):
+                self._out.append(Broadcast(conns, text))
+
+    def _user_list(self) -> list[str]:
+        """Every session as presence_batch frames (the receiver skips itself), built at most once a presence tick:
+        in a storm of logins each gets the same frames, and the tick's batch brings each up to date."""
+        if self._snapshot is None or self.config.presence_tick <= 0:
+            self._snapshot = _batches([self._info(o) for o in self.sessions.values()])
+        return self._snapshot
 
     def _info(self, s: Session) -> p.UserInfo:
         return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s), key=s.key)
@@ -855,6 +911,8 @@ class Hub:
         self._out.append(Close(conn, code, reason))
 
     def _take(self) -> list[Action]:
+        if self._presence and self.config.presence_tick <= 0:
+            self._flush_presence()
         out, self._out = self._out, []
         return out
 
@@ -879,6 +937,21 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def _batches(infos: list[p.UserInfo]) -> list[str]:
+    """presence_batch frames for these changes, in order, each under PRESENCE_BATCH_BYTES."""
+    frames, chunk, size = [], [], 0
+    for info in infos:
+        item = len(info.encode()) + 1
+        if chunk and size + item > PRESENCE_BATCH_BYTES:
+            frames.append(p.PresenceBatch(users=tuple(chunk)).encode())
+            chunk, size = [], 0
+        chunk.append(info)
+        size += item
+    if chunk:
+        frames.append(p.PresenceBatch(users=tuple(chunk)).encode())
+    return frames
 
 
 def _too_big(raw: str | bytes) -> bool:

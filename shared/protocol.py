@@ -352,6 +352,8 @@ class Hello(Message):
     # The client's identity key, and its signature over the connection's nonce and user_id (see shared.identity).
     key: str | None = spec(nullable(KEY), default=None)
     proof: str | None = spec(nullable(SIGNATURE), default=None)
+    # The client takes presence changes in presence_batch frames (§3, presence_batch); older servers ignore it.
+    presence_batch: bool | None = spec(nullable(boolean), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -365,6 +367,9 @@ class ConnectionEstablished(Message):
     # How many messages the server has received from this session since hello; a resuming client resends
     # what it sent after that (frames that were on the wire when the connection broke).
     received: int = spec(integer(0, 2**53), default=0)
+    # To a client that asked for presence_batch: `users` is empty, and the user list follows at once in this
+    # many presence_batch frames, before any other message (§2.1).
+    users_follow: int | None = spec(nullable(integer(0, 2**31)), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -374,6 +379,15 @@ class Presence(Message):
     display_name: str = spec(DISPLAY_NAME)
     status: str = spec(one_of(*USER_STATUSES))
     key: str | None = spec(nullable(KEY), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PresenceBatch(Message):
+    """Server to client, to one that asked for it in hello: the presence changes of one tick, each user once, in
+    the order they first changed; like presence, neither numbered nor counted."""
+
+    type: ClassVar[str] = "presence_batch"
+    users: tuple[UserInfo, ...] = spec(list_of(UserInfo))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -439,8 +439,9 @@ class Engine:
             self._check_keys(msg.users)
             self._emit(ev.UsersChanged(tuple(self.users)))
             self._rooms.on_session(msg.resumed)
-        elif isinstance(msg, p.Presence):
-            self._check_keys([msg])
+        elif isinstance(msg, (p.Presence, p.PresenceBatch)):
+            self._check_keys([msg] if isinstance(msg, p.Presence) else
+                             [u for u in msg.users if u.user_id != self.config.user_id])
             self._emit(ev.UsersChanged(tuple(self.users)))
         elif isinstance(msg, p.CallIncoming):
             self._incoming(msg)

@@ -127,6 +127,8 @@ class SignalingClient:
         self._sent = 0
         self._unconfirmed: deque[tuple[int, str]] = deque(maxlen=outbox_limit)
         self._received = 0  # messages from the server in this session, presence and the welcome aside
+        self._listing = 0  # presence_batch frames of the user list still to come after a welcome
+        self._listed: dict[str, p.UserInfo] = {}  # ... and what they brought so far
         self._acked = 0  # ... of which the server was last told by an ack (docs/protocol.md §2.3)
         self._acks = True  # False once this server said it does not know ack
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -256,7 +258,7 @@ class SignalingClient:
         hello = p.Hello(protocol=p.PROTOCOL_VERSION, user_id=self.user_id, display_name=self.display_name,
                         token=self.token, resume_token=self.resume_token, calls=tuple(self.active_calls()),
                         received=self._received if self.resume_token else None,
-                        key=self.identity.key if self.identity else None,
+                        key=self.identity.key if self.identity else None, presence_batch=True,
                         proof=self.identity.prove(nonce, self.user_id) if self.identity and nonce else None)
         await ws.send(hello.encode())
         reply = p.decode(await asyncio.wait_for(ws.recv(), 10))
@@ -275,8 +277,10 @@ class SignalingClient:
             raise InvalidHandshake(f"expected connection_established, got {reply.type}")
         self.resume_token = reply.resume_token
         self.server_info = reply.server
-        self.users = {u.user_id: dataclasses.replace(u, display_name=display_name(u.display_name, u.user_id))
-                      for u in reply.users}
+        self._listing, self._listed = reply.users_follow or 0, {}
+        if not self._listing:  # else the list comes in the next frames, and replaces ours once it is whole
+            self.users = {u.user_id: dataclasses.replace(u, display_name=display_name(u.display_name, u.user_id))
+                          for u in reply.users}
         self.connects += 1
         if reply.resumed:
             # Frames the socket took but the server never got (they were on the wire when it broke) go again,
@@ -312,6 +316,19 @@ class SignalingClient:
                     continue
                 if isinstance(msg, p.Presence):
                     self._presence(msg)
+                elif isinstance(msg, p.PresenceBatch) and self._listing:
+                    self._listed.update((u.user_id, u) for u in msg.users if u.user_id != self.user_id)
+                    self._listing -= 1
+                    if self._listing:
+                        continue  # more of the list to come
+                    self.users = {}
+                    for info in self._listed.values():
+                        self._presence(info)
+                    msg = p.PresenceBatch(users=tuple(self._listed.values()))  # the whole list, to the app
+                elif isinstance(msg, p.PresenceBatch):
+                    for info in msg.users:
+                        if info.user_id != self.user_id:  # a batch may carry our own change too
+                            self._presence(info)
                 elif isinstance(msg, p.Ack):
                     self._confirmed(msg.received)
                     continue
@@ -369,7 +386,7 @@ class SignalingClient:
         except Exception:  # a bug in the app's handler must not take the session down
             log.exception("%s: handler failed on %s", self.user_id, msg.type)
 
-    def _presence(self, msg: p.Presence) -> None:
+    def _presence(self, msg: p.Presence | p.UserInfo) -> None:
         if msg.status == "offline":
             self.users.pop(msg.user_id, None)
         else:

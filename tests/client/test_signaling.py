@@ -452,9 +452,13 @@ async def test_handlers_that_raise_do_not_kill_the_client(caplog):
             client.drop_connection()
             await eventually(lambda: client.connects == 2)  # and still reconnecting
             await online(client)
-            assert [m.type for m in probe.messages] == ["connection_established", "presence", "connection_established"]
+            # Each welcome is followed by the user list (a presence_batch), and bob's arrival came in one.
+            assert [m.type for m in probe.messages if m.type != "presence_batch"] == ["connection_established"] * 2
+            assert any(isinstance(m, p.PresenceBatch) and [u.user_id for u in m.users] == ["bob"]
+                       for m in probe.messages)
             assert probe.kinds() == [CONNECTING, ONLINE, RECONNECTING, ONLINE]
-            assert sum("handler failed" in r.getMessage() for r in caplog.records) == 7  # each one logged
+            failures = sum("handler failed" in r.getMessage() for r in caplog.records)
+            assert failures == len(probe.messages) + len(probe.states)  # each one logged
             await bob.close()
         finally:
             await client.stop()
@@ -793,3 +797,31 @@ async def test_acks_keep_both_replay_logs_small_while_connected_and_an_older_ser
         assert after == ["chat"] and not client._acks
         assert not probe.of(p.Error)  # the refusal is not the app's business
         await client.stop()
+
+
+async def test_the_real_client_logs_in_among_5000_users_with_64_character_names():
+    """The user list comes after the welcome in presence_batch frames of at most 64 KiB, so it fits the client's
+    256 KiB frame limit however many there are (in one frame it would be about 600 KiB here)."""
+    async with running_server(resume_grace=600) as srv:
+        hub = srv.hub
+        name = "Ünïcødé-" + "n" * 55  # 64 characters, some of them two bytes in UTF-8
+        now = asyncio.get_running_loop().time()  # the transport's clock
+        for i in range(5000):  # 5,000 sessions, put straight into the hub: reconnecting ones, with their names
+            conn = ("stand-in", i)
+            hub.open(conn, now)
+            hub.receive(conn, json.dumps({"type": "hello", "protocol": 1, "user_id": f"user{i:04d}",
+                                          "display_name": f"{name}{i % 10}", "presence_batch": True}), now)
+            hub.connection_lost(conn, now)
+        probe = Probe()
+        client = make_client(srv.url, "alice", probe)
+        client.start()
+        try:
+            await eventually(lambda: len(client.users) == 5000, timeout=10)
+            assert {u.display_name for u in client.users.values()} == {f"{name}{d}" for d in range(10)}
+            assert all(u.status == "reconnecting" for u in client.users.values())
+            [welcome] = probe.of(p.ConnectionEstablished)
+            assert welcome.users == () and welcome.users_follow >= 10  # 5,000 × ~120 bytes, in ≤ 64 KiB frames
+            listed = probe.of(p.PresenceBatch)[0]  # the app gets the list at once, whole
+            assert len(listed.users) == 5000
+        finally:
+            await client.stop()

@@ -3,6 +3,7 @@
 import json
 from collections import deque
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,8 @@ class Wire:
     """Runs a hub and collects what each connection would have received."""
 
     def __init__(self, **config):
-        self.hub = Hub(HubConfig(**{"resume_grace": 5, "ring_timeout": 10, **config}), wall=lambda: 1000.0)
+        self.hub = Hub(HubConfig(**{"resume_grace": 5, "ring_timeout": 10, "presence_tick": 0, **config}),
+                       wall=lambda: 1000.0)
         self.now = 0.0
         self.inbox: dict[str, list[dict]] = {}
         self.closed: dict[str, int] = {}
@@ -307,9 +309,12 @@ def steps():
 
 @settings(max_examples=1000, deadline=None)
 @given(st.lists(steps(), min_size=10, max_size=80))
-def test_random_traffic_keeps_invariants(program):
+@pytest.mark.parametrize("tick", [0, 0.05])
+def test_random_traffic_keeps_invariants_and_everyones_view_of_presence(tick, program):
+    """Half the users take presence in batches (presence_tick > 0); after the traffic and a last tick, each
+    connected user's view (its welcome, then every presence and presence_batch frame in order) is the truth."""
     program = [("login", u, False) for u in USERS] + program
-    w = Wire(resume_grace=3, ring_timeout=5, queue_limit=5, rate=1000, burst=1000)
+    w = Wire(resume_grace=3, ring_timeout=5, queue_limit=5, rate=1000, burst=1000, presence_tick=tick)
     conn_of: dict[str, str] = {}  # the newest connection opened as each user
     for n, (op, *args) in enumerate(program):
         if op == "login":
@@ -317,7 +322,8 @@ def test_random_traffic_keeps_invariants(program):
             s = w.hub.sessions.get(user)
             w.open(f"k{n}")
             token = {"resume_token": s.resume_token} if s and resume else {}
-            w.send(f"k{n}", type="hello", protocol=1, user_id=user, display_name=user, **token)
+            w.send(f"k{n}", type="hello", protocol=1, user_id=user, display_name=user,
+                   presence_batch=USERS.index(user) % 2 == 0, **token)
             if w.hub.conns[f"k{n}"].user == user:
                 conn_of[user] = f"k{n}"
             else:  # name_taken: this client gives up
@@ -344,6 +350,21 @@ def test_random_traffic_keeps_invariants(program):
             del w.closed[conn]
             conn_of = {u: c for u, c in conn_of.items() if c != conn}
         w.hub.check_invariants()
+    w.advance(0.06)
+    while w.hub._presence:  # changes still waiting for their tick (a grace that ended in the last advance)
+        w.advance(0.06)
+    for user, conn in conn_of.items():
+        if w.hub.sessions.get(user) is None or w.hub.sessions[user].conn != conn:
+            continue
+        view: dict[str, str] = {}
+        for m in w.inbox[conn]:
+            changes = m["users"] if m["type"] in ("connection_established", "presence_batch") else [m] if m[
+                "type"] == "presence" else []
+            for u in changes:
+                if u["user_id"] != user:
+                    view[u["user_id"]] = u["status"]
+        truth = {u: w.hub.status(u) for u in USERS if u != user}
+        assert {u: view.get(u, "offline") for u in truth} == truth, f"{user}'s view of presence"
 
 
 def test_resume_replays_what_the_client_did_not_get_and_refuses_a_gap():
@@ -409,4 +430,31 @@ def test_an_ack_trims_the_replay_log_of_a_connected_user_and_resume_stays_exact(
     # A client that claims to have what it was never sent only empties its own log.
     w.send("bob2", type="ack", received=10**9)
     assert bob.replay.entries == deque() and w.hub.status("bob") == "in_call"
+    w.hub.check_invariants()
+
+
+def test_presence_of_one_tick_goes_out_once_per_connection_in_order_and_old_clients_get_single_frames():
+    w = Wire(presence_tick=0.05)
+    w.open("old")
+    w.send("old", type="hello", protocol=1, user_id="old", display_name="Old")  # an older client: no batches
+    w.open("new")
+    w.send("new", type="hello", protocol=1, user_id="new", display_name="New", presence_batch=True)
+    w.advance(0.05)
+    w.take("old"), w.take("new")
+    for u in ("ann", "ben", "cat"):  # a storm: three arrive, then ann and ben get into a call
+        w.login(u)
+    w.send("ann", type="call_incoming", to="ben", call_id="c1", media=["audio"])
+    w.send("ben", type="call_accepted", to="ann", call_id="c1")
+    w.send("cat", type="bye")
+    assert w.take("new", "presence_batch") == [] and w.take("old", "presence") == []  # not before the tick
+    w.advance(0.05)
+    [batch] = w.take("new")
+    assert [(u["user_id"], u["status"]) for u in batch["users"]] == [
+        ("ann", "in_call"), ("ben", "in_call"), ("cat", "offline")]  # each once, latest state, first-change order
+    assert [(m["user_id"], m["status"]) for m in w.take("old")] == [
+        ("ann", "in_call"), ("ben", "in_call"), ("cat", "offline")]  # one frame each, still once per tick
+    ann = [(m["user_id"], m["status"]) for m in w.take("ann", "presence")]
+    assert ann == [("ben", "in_call"), ("cat", "offline")]  # ann is an older client: all but her own change
+    w.advance(1)
+    assert w.take("new") == [] and w.hub.next_deadline() is None  # nothing more pending
     w.hub.check_invariants()
