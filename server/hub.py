@@ -580,7 +580,8 @@ class Hub:
                             f"{self.config.channels_per_user}", msg.channel)
                 return
             members = self.channels.setdefault(msg.channel, set())
-            self._to_users(members, p.ChannelMember(channel=msg.channel, user_id=user, event="joined"))
+            self._to_users(members, p.ChannelMember(channel=msg.channel, user_id=user, event="joined",
+                                                    display_name=s.display_name))
             members.add(user)
             s.channels.add(msg.channel)
         members = self.channels[msg.channel]
@@ -610,7 +611,8 @@ class Hub:
             return
         members.discard(s.user_id)
         if members:
-            self._to_users(members, p.ChannelMember(channel=channel, user_id=s.user_id, event="left"))
+            self._to_users(members, p.ChannelMember(channel=channel, user_id=s.user_id, event="left",
+                                                    display_name=s.display_name))
         else:
             del self.channels[channel]
             self.history.pop(channel, None)

@@ -533,6 +533,8 @@ class ChannelMember(Message):
     channel: str = spec(CHANNEL)
     user_id: str = spec(USER_ID)
     event: str = spec(one_of("joined", "left"))
+    # Who it is, so the members can name a newcomer before its presence reaches them (it comes at the next tick).
+    display_name: str | None = spec(nullable(DISPLAY_NAME), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

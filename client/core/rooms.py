@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from shared import protocol as p
+from shared.names import display_name
 
 from . import events as ev
 from . import pair as pair_events
@@ -236,7 +237,8 @@ class Rooms:
             room.members = sorted([*room.members, msg.user_id])
         elif msg.event == "left":
             room.members = [u for u in room.members if u != msg.user_id]
-        name = self.name_of(msg.user_id)
+        # The server names who it is (its presence may come a tick later); an older server does not.
+        name = display_name(msg.display_name, msg.user_id) if msg.display_name else self.name_of(msg.user_id)
         self._line(room.name, ev.ChatLine("", name, f"{name} {msg.event} the room", time.time(), kind=msg.event),
                    unread=False)
         self.emit(ev.RoomChanged(room.name))

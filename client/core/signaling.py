@@ -127,11 +127,11 @@ class SignalingClient:
         self._sent = 0
         self._unconfirmed: deque[tuple[int, str]] = deque(maxlen=outbox_limit)
         self._received = 0  # messages from the server in this session, presence and the welcome aside
-        self._listing = 0  # presence_batch frames of the user list still to come after a welcome
-        self._listed: dict[str, p.UserInfo] = {}  # ... and what they brought so far
         self._acked = 0  # ... of which the server was last told by an ack (docs/protocol.md §2.3)
         self._acks = True  # False once this server said it does not know ack
         self._ack_timer: asyncio.TimerHandle | None = None
+        self._listing = 0  # presence_batch frames of the user list still to come after a welcome
+        self._listed: dict[str, p.UserInfo] = {}  # ... and what they brought so far
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
