@@ -404,7 +404,7 @@ class Engine:
         if user_id == self.config.user_id:
             return self.config.display_name
         info = self.signaling.users.get(user_id)
-        return info.display_name if info else user_id
+        return info.display_name if info else self._rooms.names.get(user_id, user_id)
 
     def _peer_key(self, peer: str) -> str | None:
         """The key a peer must sign its SDP with: the one pinned for it, else the one the server shows."""
@@ -436,7 +436,7 @@ class Engine:
                 for s in list(self.sessions.values()):
                     if s.call.state is State.RINGING:  # a fresh session: the server forgot ringing calls
                         self._apply(s, Event.DISCONNECT, "peer_disconnected")
-            self._check_keys(msg.users)
+            self._check_keys(list(self.signaling.users.values()))  # the welcome's list, or the frames after it
             self._emit(ev.UsersChanged(tuple(self.users)))
             self._rooms.on_session(msg.resumed)
         elif isinstance(msg, (p.Presence, p.PresenceBatch)):

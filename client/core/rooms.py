@@ -113,6 +113,7 @@ class Rooms:
         self.me = me
         self.media = media
         self.send, self.emit, self.name_of = send, emit, name_of
+        self.names: dict[str, str] = {}  # display names that channel_member told, for name_of before presence
         self.pair_config, self.identity, self.peer_key = pair_config, identity, peer_key
         self.rooms: dict[str, Room] = {}
         self.call: RoomCall | None = None
@@ -238,7 +239,9 @@ class Rooms:
         elif msg.event == "left":
             room.members = [u for u in room.members if u != msg.user_id]
         # The server names who it is (its presence may come a tick later); an older server does not.
-        name = display_name(msg.display_name, msg.user_id) if msg.display_name else self.name_of(msg.user_id)
+        if msg.display_name:
+            self.names[msg.user_id] = display_name(msg.display_name, msg.user_id)
+        name = self.name_of(msg.user_id)
         self._line(room.name, ev.ChatLine("", name, f"{name} {msg.event} the room", time.time(), kind=msg.event),
                    unread=False)
         self.emit(ev.RoomChanged(room.name))

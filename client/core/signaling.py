@@ -130,8 +130,6 @@ class SignalingClient:
         self._acked = 0  # ... of which the server was last told by an ack (docs/protocol.md §2.3)
         self._acks = True  # False once this server said it does not know ack
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._listing = 0  # presence_batch frames of the user list still to come after a welcome
-        self._listed: dict[str, p.UserInfo] = {}  # ... and what they brought so far
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -277,10 +275,14 @@ class SignalingClient:
             raise InvalidHandshake(f"expected connection_established, got {reply.type}")
         self.resume_token = reply.resume_token
         self.server_info = reply.server
-        self._listing, self._listed = reply.users_follow or 0, {}
-        if not self._listing:  # else the list comes in the next frames, and replaces ours once it is whole
-            self.users = {u.user_id: dataclasses.replace(u, display_name=display_name(u.display_name, u.user_id))
-                          for u in reply.users}
+        users = list(reply.users)
+        for _ in range(reply.users_follow or 0):  # the list in frames of its own, read before we say we are online
+            listed = p.decode(await asyncio.wait_for(ws.recv(), 10))
+            if not isinstance(listed, p.PresenceBatch):
+                raise InvalidHandshake(f"expected the user list in presence_batch, got {listed.type}")
+            users += [u for u in listed.users if u.user_id != self.user_id]
+        self.users = {u.user_id: dataclasses.replace(u, display_name=display_name(u.display_name, u.user_id))
+                      for u in users}
         self.connects += 1
         if reply.resumed:
             # Frames the socket took but the server never got (they were on the wire when it broke) go again,
@@ -316,15 +318,6 @@ class SignalingClient:
                     continue
                 if isinstance(msg, p.Presence):
                     self._presence(msg)
-                elif isinstance(msg, p.PresenceBatch) and self._listing:
-                    self._listed.update((u.user_id, u) for u in msg.users if u.user_id != self.user_id)
-                    self._listing -= 1
-                    if self._listing:
-                        continue  # more of the list to come
-                    self.users = {}
-                    for info in self._listed.values():
-                        self._presence(info)
-                    msg = p.PresenceBatch(users=tuple(self._listed.values()))  # the whole list, to the app
                 elif isinstance(msg, p.PresenceBatch):
                     for info in msg.users:
                         if info.user_id != self.user_id:  # a batch may carry our own change too

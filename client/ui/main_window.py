@@ -229,7 +229,7 @@ class MainWindow(QMainWindow):
         self.room_call_page.engine = engine
         self.stack.setCurrentWidget(self.tabs)
         bridge.connectionChanged.connect(self.set_connection)
-        bridge.usersChanged.connect(lambda users: self.contacts.set_users(users))
+        bridge.usersChanged.connect(self.on_users)
         bridge.incomingCall.connect(self.on_incoming)
         bridge.callChanged.connect(self.on_call_changed)
         bridge.remoteVideo.connect(self.call_page.on_remote_frame)
@@ -462,6 +462,12 @@ class MainWindow(QMainWindow):
         if self.engine.rooms[name].unread:
             self.engine.mark_read(name)
 
+    def on_users(self, users: list) -> None:
+        """Someone's status or name changed: the contacts, and the room shown, whose members show it too."""
+        self.contacts.set_users(users)
+        if self.rooms_page.pane.room:
+            self.on_room_changed(self.rooms_page.pane.room)
+
     def on_room_changed(self, name: str) -> None:
         room = self.engine.rooms.get(name) if self.engine is not None else None
         if room is None:
@@ -470,7 +476,7 @@ class MainWindow(QMainWindow):
             c = self.engine.room_call
             in_call = c is not None and c.room == name
             users = {u.user_id: u for u in self.engine.users}
-            self.rooms_page.pane.show_room(room, users, self.engine.config.user_id, in_call)
+            self.rooms_page.pane.show_room(room, users, self.engine.config.user_id, in_call, self.engine.name_of)
         if self.room_call_page.room == name:
             self.room_call_page.refresh()
 

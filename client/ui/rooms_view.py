@@ -70,13 +70,13 @@ class RoomPane(QWidget):
         layout.addLayout(header)
         layout.addLayout(body, 1)
 
-    def show_room(self, room, users: dict, me: str, in_this_call: bool) -> None:
+    def show_room(self, room, users: dict, me: str, in_this_call: bool, name_of) -> None:
         self.room = room.name
         self.title.setText(f"# {room.name}")
         self.members.clear()
         for uid in room.members:
             info = users.get(uid)
-            name = "You" if uid == me else (info.display_name if info else uid)
+            name = "You" if uid == me else (info.display_name if info else name_of(uid))
             status = "in_call" if uid in room.call else (info.status if info else "online")
             color, text = STATUS.get(status, ("#8a8a8a", status))
             item = QListWidgetItem(dot(color), name)
