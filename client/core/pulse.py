@@ -100,50 +100,33 @@ def routed(name: str, *, output: bool):
 
 
 class Changes:
-    """Waits for the server's sinks, sources or defaults to change. `wait(timeout)` returns True on a change (or
-    when the server went away or came back), False when nothing happened in `timeout` seconds. Not thread-safe:
-    one thread waits; `close()` from another wakes it."""
+    """Waits for the server's sinks, sources or defaults to change: `wait(timeout)` returns on a change, when the
+    server goes away or comes back, or after `timeout` seconds. One thread waits; `close()` from another wakes
+    it, and the waiting thread calls `release()` once it has stopped."""
 
     def __init__(self):
         self._pulse = None
-        self._changed = False
         self._closed = False
         self._lock = threading.Lock()  # close() from another thread never wakes a connection being closed
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float) -> None:
         import pulsectl
 
         if self._closed:
-            return False
-        if self._pulse is None:
+            return
+        if self._pulse is None:  # (re)connect; at once without a server
             client = _client("callbox-watch")
-            if client is None:
-                return False
-            client.event_mask_set("sink", "source", "server")
-            client.event_callback_set(self._event)
-            with self._lock:
-                self._pulse = client
-            return True  # (re)connected: whatever was there may have changed meanwhile
-        self._changed = False
+            if client is not None:
+                client.event_mask_set("sink", "source", "server")
+                client.event_callback_set(_stop)
+                with self._lock:
+                    self._pulse = client
+            return
         try:
             self._pulse.event_listen(timeout=timeout)
         except pulsectl.PulseDisconnected:
             log.info("sound server went away")
-            self._drop()
-            return True
-        return self._changed
-
-    def _event(self, event) -> None:
-        import pulsectl
-
-        self._changed = True
-        raise pulsectl.PulseLoopStop
-
-    def _drop(self) -> None:
-        with self._lock:
-            pulse, self._pulse = self._pulse, None
-            if pulse is not None:
-                pulse.close()
+            self.release()
 
     @property
     def connected(self) -> bool:
@@ -156,5 +139,14 @@ class Changes:
                 self._pulse.event_listen_stop()
 
     def release(self) -> None:
-        """Close the connection; the waiting thread calls it once it has stopped waiting."""
-        self._drop()
+        with self._lock:
+            pulse, self._pulse = self._pulse, None
+            if pulse is not None:
+                pulse.close()
+
+
+def _stop(event) -> None:
+    """An event came: end the wait (pulsectl's way)."""
+    import pulsectl
+
+    raise pulsectl.PulseLoopStop
