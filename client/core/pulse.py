@@ -44,7 +44,8 @@ def _client(name: str):
     pulse = pulsectl.Pulse(name, connect=False)
     try:
         pulse.connect(autospawn=False)  # (pulsectl's timeout= waits the whole timeout even when connected)
-    except pulsectl.PulseError:
+    except pulsectl.PulseError as exc:
+        log.debug("no sound server: %s", exc)
         pulse.close()
         return None
     return pulse
@@ -62,18 +63,29 @@ def _read(pulse) -> Endpoints:
     return Endpoints(sinks, sources)
 
 
-def endpoints() -> Endpoints | None:
-    """The sound server's sinks and sources now, or None when no PulseAudio or PipeWire server answers."""
-    pulse = _client("callbox")
-    if pulse is None:
-        return None
-    try:
-        return _read(pulse)
-    except Exception as exc:  # the server went away between connecting and asking
-        log.info("sound server did not answer: %s", exc)
-        return None
-    finally:
-        pulse.close()
+def endpoints(attempts: int = 3) -> Endpoints | None:
+    """The sound server's sinks and sources now, or None when no PulseAudio or PipeWire server answers. A server
+    that was there a moment ago is asked again: a list without it would lose the chosen device."""
+    global _answered
+    why = "no server answers"
+    for _ in range(attempts):
+        pulse = _client("callbox")
+        if pulse is None:
+            continue
+        try:
+            found = _read(pulse)
+            _answered = True
+            return found
+        except Exception as exc:  # the server went away between connecting and asking
+            why = str(exc)
+        finally:
+            pulse.close()
+    if _answered:
+        log.warning("the sound server did not answer (%s); listing PortAudio's devices", why)
+    return None
+
+
+_answered = False  # a sound server has answered in this process
 
 
 _route_lock = threading.Lock()

@@ -258,7 +258,7 @@ async def test_channels(server):
     await bob.send({"type": "join", "channel": "team"})
     assert [m["user_id"] for m in (await bob.expect("joined"))["members"]] == ["alice", "bob"]
     assert await alice.expect("channel_member") == {"type": "channel_member", "channel": "team",
-                                                    "user_id": "bob", "event": "joined"}
+                                                    "user_id": "bob", "event": "joined", "display_name": "Bob"}
     await bob.send({"type": "channel_message", "channel": "team", "text": "hi all", "from": "mallory"})
     for peer in (alice, bob):
         msg = await peer.expect("channel_message")
