@@ -17,18 +17,9 @@ from client.core import media as media_module
 from client.core.camera import Camera
 from client.core.media import LocalMedia
 from tests.components import pulse_module, require_audio
+from tests.support import eventually
 
 pytestmark = pytest.mark.asyncio
-
-
-async def until(check, timeout: float, what: str):
-    try:
-        async with asyncio.timeout(timeout):
-            while not (result := check()):
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout} s: {what}") from None
-    return result
 
 
 def stream_device(kind: str) -> str:
@@ -63,14 +54,14 @@ async def test_the_watch_sees_sinks_and_sources_plugged_in_and_out():
         assert "Callbox-test-sink" not in speakers()
         with pulse_module("module-null-sink", sink_name="callbox_test_sink",
                           sink_properties="device.description=Callbox-test-sink") as unplug:
-            await until(lambda: "Callbox-test-sink" in speakers(), 2.0, "a new sink in the speakers")
+            await eventually(lambda: "Callbox-test-sink" in speakers(), timeout=2.0)
             with pulse_module("module-null-source", source_name="callbox_test_mic", description="Callbox-test-mic"):
-                await until(lambda: "Callbox-test-mic" in microphones(), 2.0, "a new source in the microphones")
+                await eventually(lambda: "Callbox-test-mic" in microphones(), timeout=2.0)
                 # Its monitor is no microphone: it is not the default source.
                 assert not any("Monitor of Callbox-test-sink" in m for m in microphones())
-            await until(lambda: "Callbox-test-mic" not in microphones(), 2.0, "the source gone")
+            await eventually(lambda: "Callbox-test-mic" not in microphones(), timeout=2.0)
             unplug()
-            await until(lambda: "Callbox-test-sink" not in speakers(), 2.0, "the sink gone")
+            await eventually(lambda: "Callbox-test-sink" not in speakers(), timeout=2.0)
         mic = next(d for d in watch.latest.microphones if d.is_default_input)
         assert mic.key == "callbox_null.monitor"  # the machine's only microphone, as the default, stays listed
     finally:
