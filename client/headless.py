@@ -28,8 +28,9 @@ WAIT_FOR_PEER = 15.0  # seconds --call waits for the callee to come online
 def add_arguments(ap) -> None:
     g = ap.add_argument_group("headless mode")
     g.add_argument("--headless", action="store_true", help="run without a window")
-    g.add_argument("--server", help="ws:// or wss:// address of the signaling server (default: find one on the "
-                                    "LAN, or host one, and follow the LAN's server as the app does)")
+    g.add_argument("--server", help="ws:// or wss:// address of the signaling server, or several separated by "
+                                    "commas, tried in order (nodes of one cluster); default: find one on the "
+                                    "LAN, or host one, and follow the LAN's server as the app does")
     g.add_argument("--user", help="your user id")
     g.add_argument("--display-name", help="the name others see (default: the user id)")
     g.add_argument("--token", help="the server's shared secret, if it has one")
@@ -188,8 +189,8 @@ async def run(args) -> int:
     if args.events:
         printer = EventPrinter(None, lan)
         lan.subscribe(printer.on_event)
-    url = await lan.choose()
-    engine = Engine(EngineConfig(server=url, user_id=args.user, display_name=name,
+    urls = await lan.choose()
+    engine = Engine(EngineConfig(server=urls, user_id=args.user, display_name=name,
                                  token=args.token, auto_answer=args.auto_answer, analyze_video=args.video), media,
                     identity=Identity.load(profile.identity_path), pins=pins, keep_finished=True)
     lan.attach(engine)  # first: it learns which server it is on before the printer reports it

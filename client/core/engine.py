@@ -40,7 +40,7 @@ GLARE_LOSERS_KEPT = 32  # call ids lost to glare, whose late messages are ignore
 
 @dataclass
 class EngineConfig:
-    server: str
+    server: str | list[str]  # an address, or several to fail over among in order (see SignalingClient)
     user_id: str
     display_name: str
     token: str | None = None

@@ -18,7 +18,7 @@ from shared import __version__
 from shared.protocol import SERVER_ID_HEADER
 
 from . import events as ev
-from .signaling import ConnState
+from .signaling import ConnState, addresses
 
 log = logging.getLogger("callbox.lan")
 
@@ -43,22 +43,22 @@ class Target:
 class Lan:
     """Chooses the server, then keeps the engine on the one server the LAN agrees on.
 
-    - At start: the configured server; else the best one advertised (see server.discovery.rank); else it hosts
-      the embedded server and advertises it.
+    - At start: the configured servers (the connection fails over among them, in order); else the best one
+      advertised (see server.discovery.rank); else it hosts the embedded server and advertises it.
     - Merge: whenever a better server than the one in use is advertised, it moves there. If the one in use is
       its own, it first hands over: tells its clients to go (a `redirect`), stops advertising, and stops the
       server once nobody is left on it.
     - Failover: a server lost for LOST_AFTER is given up for the best other one advertised; with none, the
       survivors host in the order of their user ids, HOST_STEP apart, so the first one's announcement reaches
       the others before their turn; any that host anyway merge.
-    - A configured server is never left, and a redirect from it is not followed.
+    - Configured servers are never left for others, and a redirect from one is not followed.
     A move keeps calls: the engine says hello to the new server with its calls in progress.
     """
 
-    def __init__(self, *, configured: str, user_id: str, display_name: str, port: int = 8765,
+    def __init__(self, *, configured: str | list[str], user_id: str, display_name: str, port: int = 8765,
                  host: str = "0.0.0.0", discover: bool = True, interfaces=None, find_timeout: float = FIND_TIMEOUT,
                  data_dir: Path | None = None, pins: dict[str, str] | None = None):
-        self.configured = configured
+        self.configured = addresses(configured)  # the addresses the user gave, in order; empty: none
         self.data_dir = data_dir  # where a server hosted here keeps who owns which user id (None: in memory)
         # The keys this app pinned for its contacts (user -> key): a server it hosts starts with them bound, so
         # that bindings do not start afresh each time another app becomes the LAN's host.
@@ -66,7 +66,7 @@ class Lan:
         self.user_id, self.display_name = user_id, display_name
         self.port, self.host, self.interfaces = port, host, interfaces
         self.find_timeout = find_timeout
-        self.view = LanView(interfaces=interfaces) if discover and not configured else None
+        self.view = LanView(interfaces=interfaces) if discover and not self.configured else None
         self.target: Target | None = None
         self.server: SignalingServer | None = None  # ours, while it serves the LAN
         self.advertiser: Advertiser | None = None
@@ -102,10 +102,11 @@ class Lan:
         host = addresses[0] if addresses else "127.0.0.1"
         return f"ws://{f'[{host}]' if ':' in host else host}:{self.server.port}"
 
-    async def choose(self) -> str:
-        """The server to start with: configured, else discovered, else hosted here. Returns its URL."""
+    async def choose(self) -> list[str]:
+        """The servers to start with: those configured, else one discovered, else one hosted here. Returns their
+        URLs, in the order to try them."""
         if self.configured:
-            self.target = Target(self.configured, "configured")
+            self.target = Target(self.configured[0], "configured")
             return self.configured
         if self.view is not None:
             await self.view.start()
@@ -115,9 +116,9 @@ class Lan:
                 log.info("found %d Callbox server(s) on the LAN; using %s (%s)", len(self.view.servers),
                          best.name, best.url)
                 self.target = Target(best.url, "discovered", best.server_id, best.name)
-                return best.url
+                return [best.url]
         await self._host()
-        return self.target.url
+        return [self.target.url]
 
     def attach(self, engine) -> None:
         """Watch this engine's connection and keep it on the LAN's server."""

@@ -20,7 +20,7 @@ log = logging.getLogger("callbox.settings")
 class Settings:
     display_name: str = ""  # empty until the first run asks for it
     user_id: str = ""  # made once per profile from the name plus a random suffix, then kept
-    server: str = ""  # ws:// or wss:// address; empty: find one on the LAN, or host one
+    servers: list[str] = field(default_factory=list)  # ws:// or wss://, tried in order; none: the LAN's, or host
     token: str = ""
     microphone: str = ""  # device names; empty: the system default
     speaker: str = ""
@@ -99,6 +99,8 @@ class Profile:
         except (OSError, ValueError) as exc:
             log.warning("settings file %s is unreadable (%s); starting from defaults", self.settings_path, exc)
             return s
+        if "servers" not in data and isinstance(data.get("server"), str):  # saved when there was one address
+            data["servers"] = [data["server"]] if data["server"] else []
         for key in Settings.fields():
             if key in data and isinstance(data[key], type(getattr(s, key))):
                 setattr(s, key, data[key])

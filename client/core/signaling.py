@@ -1,4 +1,5 @@
-"""The signaling client: one WebSocket to the server, reconnect with backoff, resume, an ordered outbox."""
+"""The signaling client: one WebSocket to a server, reconnect with backoff over an ordered list of addresses,
+resume, an ordered outbox."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import re
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.uri import parse_uri
 
 from shared import protocol as p
 from shared.names import display_name
@@ -50,6 +52,13 @@ def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
     """Delay before retry number `attempt` (0-based): at most `first` at first, doubling, capped, with jitter."""
     # The exponent is bounded: 2**1024 does not fit a float, and a server down for hours gets that many attempts.
     return min(cap, first * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)
+
+
+def addresses(spec: str | Iterable[str]) -> list[str]:
+    """The server addresses in `spec`, in order: a list, or one string with them separated by commas (as --server
+    takes them) or whitespace. Empty items, as stray commas leave, are dropped."""
+    items = re.split(r"[,\s]+", spec) if isinstance(spec, str) else spec
+    return [a.strip() for a in items if a.strip()]
 
 
 def explain(exc: BaseException, url: str) -> str:
@@ -85,11 +94,15 @@ def _folded(exc: BaseException) -> list[int]:
 
 
 class SignalingClient:
-    """Keeps one session with a Callbox server alive. Every message sent goes through the outbox, in order."""
+    """Keeps one session with a Callbox server alive. Every message sent goes through the outbox, in order.
+
+    Given several addresses (nodes of one cluster, where a session resumes on any node), it stays on the one that
+    works; a failed attempt or a lost connection sends the next attempt to the next address, wrapping around, on
+    the usual backoff. The resume token goes to whichever node it reaches."""
 
     def __init__(
         self,
-        url: str,
+        url: str | Iterable[str],
         user_id: str,
         display_name: str,
         *,
@@ -104,7 +117,10 @@ class SignalingClient:
         ssl_context: ssl.SSLContext | None = None,
         identity=None,
     ):
-        self.url = url
+        self.urls = addresses(url)  # in the order they are tried
+        if not self.urls:
+            raise ValueError("no server address was given")
+        self._at = 0  # the index of the one in use
         self.identity = identity  # client.core.identity.Identity: proves the user id in hello
         self.user_id = user_id
         self.display_name = display_name
@@ -137,6 +153,11 @@ class SignalingClient:
         self.connects = 0  # sessions established, fresh or resumed; tests and reports read it
 
     # ------------------------------------------------------------ public
+
+    @property
+    def url(self) -> str:
+        """The address in use: connected to, or tried next."""
+        return self.urls[self._at]
 
     def start(self) -> None:
         if self._task is None:
@@ -172,7 +193,7 @@ class SignalingClient:
         Returns False, and does nothing, when it is online at that address already."""
         if url == self.url and self.state is ConnState.ONLINE:
             return False  # already there (a server that took over the address of the one lost)
-        self.url, self.resume_token = url, None
+        self.urls, self._at, self.resume_token = [url], 0, None
         log.info("%s: moving to %s", self.user_id, url)
         if self._task is None or self._stopping:
             return True
@@ -221,6 +242,12 @@ class SignalingClient:
     async def _run(self, after: asyncio.Task | None = None) -> None:
         if after is not None:
             await asyncio.wait([after])  # the old connection closes first
+        try:
+            for url in self.urls:
+                parse_uri(url)  # a mistyped address among several is named now, not when its turn comes
+        except InvalidURI as exc:
+            self._set_state(ConnState.OFFLINE, explain(exc, exc.uri))
+            return
         attempt = 0
         while not self._stopping:
             self._set_state(ConnState.CONNECTING if self.connects == 0 and attempt == 0
@@ -245,10 +272,11 @@ class SignalingClient:
                 self._ws = None
             if self._stopping:
                 return
+            self._at = (self._at + 1) % len(self.urls)  # failed or lost here: the next attempt goes to the next
             delay = backoff(attempt, first=self.first_retry, cap=self.max_retry)
             attempt += 1
             self._set_state(ConnState.RECONNECTING, why)
-            log.info("%s: retry %d in %.2f s", self.user_id, attempt, delay)
+            log.info("%s: retry %d in %.2f s at %s", self.user_id, attempt, delay, self.url)
             await asyncio.sleep(delay)
 
     async def _login(self, ws: ClientConnection) -> bool:

@@ -87,13 +87,13 @@ class App:
     async def connect(self) -> None:
         s = self.settings
         self.window.set_connection("connecting", "looking for a Callbox server on the network…"
-                                   if not s.server else "")
+                                   if not s.servers else "")
         pins = Pins(self.profile.pins_path)
-        self.lan = Lan(configured=s.server, user_id=s.user_id, display_name=s.display_name, port=s.host_port,
+        self.lan = Lan(configured=s.servers, user_id=s.user_id, display_name=s.display_name, port=s.host_port,
                        host=self.host, discover=self.discover, interfaces=self.interfaces,
                        data_dir=self.profile.data_dir, pins=pins.keys)
-        url = await self.lan.choose()
-        engine = Engine(EngineConfig(server=url, user_id=s.user_id, display_name=s.display_name,
+        urls = await self.lan.choose()
+        engine = Engine(EngineConfig(server=urls, user_id=s.user_id, display_name=s.display_name,
                                      token=s.token or None, ice_servers=s.ice_servers), self.media_factory(s),
                         identity=Identity.load(self.profile.identity_path), pins=pins)
         engine.subscribe(recorder(self.history))
@@ -143,7 +143,8 @@ class App:
         "Found on the LAN" on two lines; empty before one is chosen."""
         if self.lan is None or self.lan.target is None:
             return ""
-        url = self.lan.host_url() if self.lan.hosting else self.lan.target.url
+        url = (self.lan.host_url() if self.lan.hosting  # else the address connected to, of several configured
+               else self.engine.signaling.url if self.engine is not None else self.lan.target.url)
         return f"{url} — {self._host()}\n{CHOSEN[self.lan.target.how]}"
 
     def _host(self) -> str:
@@ -185,8 +186,8 @@ class App:
         if result != QDialog.DialogCode.Accepted:
             return
         new = dialog.result_settings()
-        reconnect = (new.server, new.token, new.display_name, new.ice_servers) != (
-            self.settings.server, self.settings.token, self.settings.display_name, self.settings.ice_servers)
+        reconnect = (new.servers, new.token, new.display_name, new.ice_servers) != (
+            self.settings.servers, self.settings.token, self.settings.display_name, self.settings.ice_servers)
         self.settings = new
         self.profile.save(new)
         if self.engine is not None:

@@ -91,3 +91,41 @@ async def test_self_test_passes_and_reports():
     assert proc.returncode == 0, text + err.decode()
     assert "selftest-a hears 660.0 Hz" in text and "selftest-b hears 440.0 Hz" in text
     assert text.rstrip().endswith("self-test passed")
+
+
+async def next_event(proc, kind: str, timeout: float = 20) -> dict:
+    """The next --events line of this kind on the process's stdout."""
+    async with asyncio.timeout(timeout):
+        while line := await proc.stdout.readline():
+            if (event := json.loads(line))["event"] == kind:
+                return event
+    raise AssertionError(f"stdout ended before a {kind!r} event")
+
+
+async def test_server_list_moves_to_the_next_when_the_one_in_use_stops():
+    async with running_server() as a, running_server() as b:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "client", "--headless", "--server", f",{a.url},,{b.url},", "--user", "alice",
+            "--tone", "440", "--events", "--stay", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            first = await next_event(proc, "connected")
+            assert (first["server"], first["how"], first["server_id"]) == (a.url, "configured", a.hub.config.server_id)
+            await a.stop()
+            assert (await next_event(proc, "disconnected"))["reason"]
+            second = await next_event(proc, "connected")
+            assert (second["server"], second["how"], second["server_id"]) == (b.url, "configured",
+                                                                              b.hub.config.server_id)
+            assert b.hub.status("alice") == "online"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc, err = await finish(proc)
+        assert rc == 0, err
+        assert "Traceback" not in err
+
+
+async def test_a_bad_address_in_the_server_list_is_named_and_exits_non_zero():
+    async with running_server() as srv:
+        rc, err = await finish(await headless(f"{srv.url},http://b:8765", "alice", "--tone", "440"), timeout=20)
+        assert rc == 1, err
+        assert "'http://b:8765' is not a ws:// or wss:// address" in err and "Traceback" not in err
+        assert srv.hub.status("alice") == "offline"

@@ -31,8 +31,8 @@ async def lan_apps(*users: str, configured: str = "", video: bool = False, find_
                       interfaces=LOOPBACK, find_timeout=find_timeout)
             probe_events: list = []
             lan.subscribe(probe_events.append)
-            url = await lan.choose()
-            engine = Engine(EngineConfig(server=url, user_id=user, display_name=user.title(), first_retry=0.1,
+            urls = await lan.choose()
+            engine = Engine(EngineConfig(server=urls, user_id=user, display_name=user.title(), first_retry=0.1,
                                          max_retry=0.5, analyze_video=video),
                             LocalMedia(tone_hz=440 + 110 * i, pattern=video, playback=False))
             probe = Probe(engine, probe_events)
@@ -236,7 +236,7 @@ async def test_a_new_host_starts_with_the_keys_its_app_pinned_bound():
     alice, mallory = Identity.generate(), Identity.generate()
     lan = Lan(configured="", user_id="ben", display_name="Ben", port=0, host="127.0.0.1", discover=False,
               pins={"alice": alice.key})
-    url = await lan.choose()
+    [url] = await lan.choose()
     try:
         impostor = await keyed(url, "alice", mallory)
         assert impostor.welcome["code"] == "key_mismatch"

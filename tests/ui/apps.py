@@ -23,7 +23,7 @@ def make_app(root: Path, profile: str, *, name: str = "", server: str = "", tone
     prof = Profile(profile, root=root)
     if name:
         s = prof.load()
-        s.display_name, s.server = name, server
+        s.display_name, s.servers = name, [server] if server else []
         s.user_id = s.user_id or name.lower()
         prof.save(s)
     app = App(prof, discover=discover, interfaces=interfaces, host="127.0.0.1",
