@@ -16,6 +16,7 @@ from pathlib import Path
 from shared import __version__
 
 from .bindings import SqliteBindings, default_data_dir
+from .cluster import ClusterError
 from .hub import HubConfig
 from .transport import SignalingServer
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "refused with HTTP 503 (default 256; 0: no limit)")
     ap.add_argument("--max-unauthenticated-per-ip", type=_positive(int), default=32, metavar="N",
                     help="the same from one address (default 32; 0: no limit)")
+    ap.add_argument("--redis", metavar="URL",
+                    help="run as one node of a cluster that shares this Redis (redis://HOST:PORT/DB): users on any "
+                         "node reach users on any other, and resume on any of them. Needs callbox[redis]")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate compression (default off)")
     ap.add_argument("--advertise", action="store_true",
                     help="announce the server on the LAN over mDNS, so that apps find it and prefer it to a server "
@@ -123,9 +127,12 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
         max_unauthenticated=args.max_unauthenticated,
         max_unauthenticated_per_ip=args.max_unauthenticated_per_ip,
     )
-    return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
-                           ssl_context=context, compression=args.deflate, allow_origins=args.allow_origin,
-                           bindings=open_bindings(args.data_dir))
+    try:
+        return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
+                               ssl_context=context, compression=args.deflate, allow_origins=args.allow_origin,
+                               bindings=open_bindings(args.data_dir), redis=args.redis)
+    except ClusterError as exc:
+        raise SystemExit(f"callbox-server: {exc}") from None
 
 
 def open_bindings(data_dir: Path | None) -> SqliteBindings:

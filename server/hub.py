@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import hmac
 import logging
@@ -32,6 +33,7 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_REPLACED = 4000  # a resumed connection took this one's place
 CLAIM_TTL = 60.0  # seconds a restored-call claim (hello.calls) waits for the other party
+RING_SLACK = 5.0  # in a cluster, seconds the callee's node lets a call ring past the caller node's ring timeout
 HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
 HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
 PRESENCE_BATCH_BYTES = 64 * 1024  # a presence_batch frame is cut before it grows past this
@@ -59,7 +61,23 @@ class Close:
     reason: str
 
 
-Action = Send | Broadcast | Close
+@dataclass(frozen=True)
+class Forward:
+    """A frame for a user on another node of the cluster, exactly as that user is to get it."""
+
+    node: str
+    user: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    """This node's users whose presence changed (in a cluster: the other nodes are told)."""
+
+    users: tuple[Member, ...]
+
+
+Action = Send | Broadcast | Close | Forward | Announce
 
 
 @dataclass
@@ -88,6 +106,7 @@ class HubConfig:
     kind: str = "dedicated"  # or "embedded": hosted inside a user's app
     started: float = field(default_factory=lambda: round(time.time(), 3))
     host_user: str | None = None  # the user whose app hosts an embedded server
+    cluster: bool = False  # one node of several (server.cluster): users elsewhere are reached through the broker
 
 
 @dataclass
@@ -116,6 +135,34 @@ class Session:
     received: int = 0  # frames received from the client since hello, reported when it resumes
     key: str | None = None  # the identity key it proved, if any
     batch: bool = False  # it takes presence in presence_batch frames
+    since: float = 0.0  # when the session began (wall clock): in a cluster, the newest session of a user wins
+
+
+@dataclass(frozen=True)
+class Member:
+    """A user as the nodes of a cluster tell each other of it: its presence, the hash of its resume token (which
+    lets another node know the session's own client when it comes back there), and when its session began."""
+
+    info: p.UserInfo
+    token_hash: str
+    since: float
+
+    def newer(self, node: str, than: Member | Session, than_node: str) -> bool:
+        """Whether this session, on `node`, is newer than `than` on `than_node` (the node ids break a tie)."""
+        return (self.since, node) > (than.since, than_node)
+
+
+@dataclass
+class RemoteUser:
+    """A user on another node of the cluster."""
+
+    node: str
+    member: Member
+    deadline: float | None = None  # its node is gone: when it goes offline here unless it is back somewhere
+
+    @property
+    def status(self) -> str:
+        return self.member.info.status
 
 
 @dataclass
@@ -173,6 +220,10 @@ class Hub:
         self._presence_at: float | None = None  # when they go out
         self._now = 0.0  # the time of the event being handled
         self._snapshot: list[str] | None = None  # the user list as presence_batch frames, until the next tick
+        self.remote: dict[str, RemoteUser] = {}  # in a cluster: the users on other nodes
+        self._members: dict[str, Member] = {}  # ... and this node's changes not yet announced to them
+        self._shadows: dict[str, tuple[str, Member]] = {}  # older sessions elsewhere of users here: node, member
+        self._clock = 0.0  # the latest session start heard of (see _tick_clock)
 
     # ---------------------------------------------------------------- events in
 
@@ -268,24 +319,29 @@ class Hub:
         return self._take()
 
     def expire(self, now: float) -> list[Action]:
-        """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims."""
+        """Apply every deadline that has passed: ring timeouts, resume grace, stale call claims, the presence
+        tick, and the grace of users whose node is gone. Only what is due is looked at (a heap)."""
         self._now = now
         self._out = []
-        for call_id, deadline in list(self.call_deadlines.items()):
-            call = self.calls.get(call_id)
-            if deadline <= now and call is not None and call.state is State.RINGING:
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            at, kind, key = heapq.heappop(heap)
+            if not self._current(at, kind, key):
+                continue
+            if kind == "ring":
+                call = self.calls[key]
                 call.apply(Event.TIMEOUT, now=now, reason="no_answer")
                 for user in call.parties():
-                    self._to_user(user, p.CallEnded(call_id=call_id, sender=call.peer_of(user), reason="no_answer"))
+                    self._to_user(user, p.CallEnded(call_id=key, sender=call.peer_of(user), reason="no_answer"))
                 self._forget_call(call)
-        for s in list(self.sessions.values()):
-            if s.deadline is not None and s.deadline <= now and s.conn is None:
-                self._drop_session(s, now)
-        for call_id, claim in list(self.claims.items()):
-            if claim.deadline <= now:
-                del self.claims[call_id]
-        if self._presence_at is not None and self._presence_at <= now:
-            self._flush_presence()
+            elif kind == "session":
+                self._drop_session(self.sessions[key], now)
+            elif kind == "claim":
+                del self.claims[key]
+            elif kind == "remote":
+                self._remote_gone(key)
+            else:
+                self._flush_presence()
         return self._take()
 
     def hand_over(self, url: str, server_id: str | None = None) -> list[Action]:
@@ -309,12 +365,16 @@ class Hub:
 
     def _current(self, at: float, kind: str, key: str) -> bool:
         if kind == "ring":
-            return self.call_deadlines.get(key) == at
+            call = self.calls.get(key)
+            return self.call_deadlines.get(key) == at and call is not None and call.state is State.RINGING
         if kind == "session":
             s = self.sessions.get(key)
             return s is not None and s.conn is None and s.deadline == at
         if kind == "presence":
             return self._presence_at == at
+        if kind == "remote":
+            r = self.remote.get(key)
+            return r is not None and r.deadline == at
         claim = self.claims.get(key)
         return claim is not None and claim.deadline == at
 
@@ -322,11 +382,18 @@ class Hub:
 
     def status(self, user_id: str) -> str:
         s = self.sessions.get(user_id)
-        return "offline" if s is None else self._derive_status(s)
+        if s is None:
+            r = self.remote.get(user_id)
+            return "offline" if r is None else r.status
+        return self._derive_status(s)
 
     def call_of(self, user_id: str) -> Call | None:
         """The established call this user is in, if any (kept in a dict: a welcome asks it for every user)."""
         return self.in_call.get(user_id)
+
+    def members(self) -> list[Member]:
+        """This node's users as a cluster's other nodes know them (server.cluster, when it resynchronises)."""
+        return [self._member(s, self._info(s)) for s in self.sessions.values()]
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the state is inconsistent. Used by the property tests."""
@@ -345,12 +412,15 @@ class Hub:
         for call_id, c in self.calls.items():
             assert c.live, f"ended call {call_id} kept"
             assert c.caller != c.callee
+            assert any(u in self.sessions for u in c.parties()), f"call {call_id} kept with no party here"
             for u in c.parties():
-                assert u in self.sessions, f"ghost call {call_id}: {u} is gone"
-                if c.established:
+                assert u in self.sessions or u in self.remote, f"ghost call {call_id}: {u} is gone"
+                if c.established and u in self.sessions:
                     assert u not in established, f"{u} is in two established calls"
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
+        assert not self.remote.keys() & self.sessions.keys(), "a user both here and on another node"
+        assert self._shadows.keys() <= self.sessions.keys(), "a shadow of a user not here"
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
         assert self.replay.used == sum(s.replay.bytes for s in self.sessions.values()), "replay bytes miscounted"
         for ch, members in self.channels.items():
@@ -403,6 +473,10 @@ class Hub:
                         "choose another user id, or ask its operator to release this one "
                         f"(callbox-server --forget {msg.user_id})", "hello")
             return
+        away = self.remote.get(msg.user_id)
+        if away is not None and away.status != "reconnecting" and not _owns(away.member, msg, proven):
+            self._error(conn, p.NAME_TAKEN, f"'{msg.user_id}' is already online; choose another user id", "hello")
+            return
         old = self.sessions.get(msg.user_id)
         owner = (  # the resume token proves this is the session's own client
             old is not None
@@ -427,6 +501,7 @@ class Hub:
         cs = self.conns[conn]
         cs.user = msg.user_id
         name = display_name(msg.display_name, msg.user_id)  # no bidi overrides, control or invisible-only names
+        moved = False
         if resuming:
             s = old
             if s.conn is not None:
@@ -442,9 +517,10 @@ class Hub:
         else:
             s = Session(msg.user_id, name, secrets.token_urlsafe(24), conn,
                         ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=proven or None,
-                        batch=bool(msg.presence_batch))
+                        batch=bool(msg.presence_batch), since=self._tick_clock())
             self.sessions[s.user_id] = s
             self._skeletons[skeleton(s.user_id)] = s.user_id
+            moved = self.remote.pop(s.user_id, None) is not None  # from another node: the newest session wins
             s.status = ""
         listed = self._user_list() if s.batch else []
         self._out.append(Send(conn, p.ConnectionEstablished(
@@ -452,7 +528,7 @@ class Hub:
             resume_token=s.resume_token,
             # A client that takes batches gets the list in them, from a snapshot shared by every login until the
             # next presence tick (whose batch then brings it up to date); an older one, in this frame.
-            users=() if s.batch else tuple(self._info(o) for o in self.sessions.values() if o is not s),
+            users=() if s.batch else tuple(u for u in self._everyone() if u.user_id != s.user_id),
             users_follow=len(listed) if s.batch else None,
             server=p.ServerInfo(version=cfg.version, ping_interval=cfg.ping_interval,
                                 resume_grace=cfg.resume_grace, queue_limit=cfg.queue_limit,
@@ -468,6 +544,10 @@ class Hub:
         if self.redirect is not None and not resuming:
             self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
         self._restore_calls(s, msg.calls, now)
+        if moved:  # what it had here as a user of another node, and did not claim again, is over
+            for call in [c for c in self.calls.values() if c.involves(s.user_id) and self.in_call.get(s.user_id)
+                         is not c]:
+                self._end_call(call, s.user_id)
         self._refresh(s)
 
     def _looks_like(self, user_id: str) -> str | None:
@@ -498,10 +578,7 @@ class Hub:
         self._skeletons.pop(skeleton(s.user_id), None)
         s.replay.clear()
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
-            call.apply(Event.DISCONNECT, now=now, reason="peer_disconnected")
-            peer = call.peer_of(s.user_id)
-            self._to_user(peer, p.CallEnded(call_id=call.call_id, sender=s.user_id, reason="peer_disconnected"))
-            self._forget_call(call)
+            self._end_call(call, s.user_id)
         for ch in list(s.channels):
             self._leave_channel(s, ch, "peer_disconnected")
         if s.conn is not None:
@@ -510,11 +587,16 @@ class Hub:
             del self.claims[call_id]
         self._announce(s, "offline")
         log.info("user %s is offline", s.user_id)
+        shadow = self._shadows.pop(s.user_id, None)
+        if shadow is not None:  # the older session on another node had not yielded yet: it is the one now
+            self.remote[s.user_id] = RemoteUser(*shadow)
+            self._skeletons[skeleton(s.user_id)] = s.user_id
+            self._queue_presence(shadow[1].info)
 
     def _restore_calls(self, s: Session, claimed: Iterable[p.ActiveCall], now: float) -> None:
         """A client back after a server restart says which calls it is in; restore those both sides claim."""
         for ac in claimed:
-            if ac.call_id in self.calls or ac.peer == s.user_id:
+            if ac.peer == s.user_id or self._moved_call(s.user_id, ac, now):
                 continue
             other = self.claims.get(ac.call_id)
             if other is not None and other.user == ac.peer and other.peer == s.user_id:
@@ -531,6 +613,185 @@ class Hub:
                 ttl = max(2 * self.config.resume_grace, CLAIM_TTL)
                 self.claims[ac.call_id] = _Claim(s.user_id, ac.peer, ac.media, now + ttl)
                 self._due(now + ttl, "claim", ac.call_id)
+
+    def _moved_call(self, user: str, ac: p.ActiveCall, now: float) -> bool:
+        """Whether a claimed call is settled without waiting for the other party: it is known here already (the
+        user moved here from another node of a cluster, and the call goes on if it is this one), or the peer is
+        in a call on another node, whose side of it checks everything the user sends there."""
+        call = self.calls.get(ac.call_id)
+        if call is not None:
+            if call.established and call.involves(user) and call.peer_of(user) == ac.peer and not self._busy(user):
+                self.in_call[user] = call
+            return True
+        peer = self.remote.get(ac.peer)
+        if peer is None or peer.status != "in_call":
+            return False
+        if not self._busy(user):
+            call = Call(ac.call_id, caller=ac.peer, callee=user, media=ac.media)
+            call.apply(Event.ACCEPT, now=now)
+            self.calls[call.call_id] = self.in_call[user] = call
+        return True
+
+    def _busy(self, user: str) -> bool:
+        return user in self.in_call or user in self.in_room_call
+
+    # ---------------------------------------------------------------- other nodes of a cluster (server.cluster)
+
+    def remote_presence(self, node: str, members: Iterable[Member], now: float) -> list[Action]:
+        """Users on another node changed, as its broker messages say. The newest session wins: a user that
+        comes online on one node has left whichever it was on before, and what that one says of it is stale."""
+        self._now = now
+        self._out = []
+        for m in members:
+            uid, status = m.info.user_id, m.info.status
+            self._clock = max(self._clock, m.since)
+            s = self.sessions.get(uid)
+            if s is not None:
+                if status == "offline":
+                    if self._shadows.get(uid, (None,))[0] == node:
+                        del self._shadows[uid]
+                    continue
+                if not m.newer(node, s, self.config.server_id):
+                    # The session here is the newer one: that node yields when it hears of it. Until then it is
+                    # kept aside, for if the one here ends first.
+                    self._shadows[uid] = (node, m)
+                    continue
+                self._moved_away(s, node)
+            r = self.remote.get(uid)
+            if r is not None and r.node != node and (status == "offline" or not m.newer(node, r.member, r.node)):
+                continue
+            if status == "offline":
+                if r is not None:
+                    self._remote_gone(uid)
+                continue
+            if r is None:
+                self._skeletons[skeleton(uid)] = uid
+            self.remote[uid] = RemoteUser(node, m)
+            self._queue_presence(m.info)
+            if status == "online":  # in no call on its node: a copy of one here is stale (it moved without it)
+                for call in [c for c in self.calls.values() if c.established and c.involves(uid)]:
+                    self._end_call(call, uid)
+        return self._take()
+
+    def node_lost(self, node: str, now: float) -> list[Action]:
+        """A node stopped answering (its heartbeat lapsed): its users are reconnecting, and offline after the
+        resume grace unless they come back on a node."""
+        self._now = now
+        self._out = []
+        self._shadows = {u: shadow for u, shadow in self._shadows.items() if shadow[0] != node}
+        for uid, r in list(self.remote.items()):
+            if r.node != node or r.deadline is not None:
+                continue
+            if self.config.resume_grace <= 0:
+                self._remote_gone(uid)
+                continue
+            info = p.UserInfo(user_id=uid, display_name=r.member.info.display_name, status="reconnecting",
+                              key=r.member.info.key)
+            r.member = Member(info, r.member.token_hash, r.member.since)
+            r.deadline = now + self.config.resume_grace
+            self._due(r.deadline, "remote", uid)
+            self._queue_presence(info)
+        return self._take()
+
+    def forwarded(self, user: str, text: str, now: float) -> list[Action]:
+        """A frame from another node for a user here. A call's messages move this node's side of the call in
+        step with the sender's; one that does not fit the call is dropped."""
+        self._now = now
+        self._out = []
+        s = self.sessions.get(user)
+        if s is None:
+            return []  # gone since: the sender's node hears it with the presence that follows
+        try:
+            msg = p.decode(text)
+        except p.ProtocolError as exc:
+            log.warning("a frame from another node for %s does not decode: %s", user, exc)
+            return []
+        if not isinstance(msg, p.Relayed) or self._relayed_in(user, msg, now):
+            self._deliver(s, text)
+        return self._take()
+
+    def _relayed_in(self, user: str, msg: p.Relayed, now: float) -> bool:
+        sender = msg.sender
+        if isinstance(msg, p.CallIncoming):
+            if msg.call_id in self.calls or msg.call_id in self.room_call_ids or sender not in self.remote:
+                return False
+            if self._engaged(user, besides=sender):
+                self._to_user(sender, p.CallRejected(call_id=msg.call_id, sender=user, reason="busy"))
+                return False
+            call = Call(msg.call_id, caller=sender, callee=user, media=msg.media)
+            call.history.append((State.RINGING, now))
+            self.calls[call.call_id] = call
+            # The ring timeout is the caller's node's; this one ends the call only if that node never does (it
+            # died, or a partition hides it).
+            self.call_deadlines[call.call_id] = at = now + self.config.ring_timeout + RING_SLACK
+            self._due(at, "ring", call.call_id)
+            return True
+        call = self.calls.get(msg.call_id)
+        if call is None or not call.involves(user) or call.peer_of(user) != sender:
+            log.debug("dropped %s for %s from %s: no such call here", msg.type, user, sender)
+            return False
+        try:
+            if isinstance(msg, p.CallAccepted):
+                if self._busy(user):
+                    self._to_user(sender, p.CallEnded(call_id=call.call_id, sender=user, reason="busy"))
+                    self._forget_call(call)
+                    return False
+                call.apply(Event.ACCEPT, now=now)
+                self.call_deadlines.pop(call.call_id, None)
+                self.in_call[user] = call
+                self._refresh(self.sessions[user])
+            elif isinstance(msg, p.CallRejected):
+                call.apply(Event.REJECT, now=now, reason=msg.reason)
+            elif isinstance(msg, p.CallEnded):
+                cancel = call.state is State.RINGING and sender == call.caller
+                call.apply(Event.CANCEL if cancel else Event.HANGUP, now=now, reason=msg.reason)
+        except IllegalTransition as exc:
+            log.debug("dropped %s for %s from %s: %s", msg.type, user, sender, exc)
+            return False
+        if not call.live:
+            self._forget_call(call)
+        return True
+
+    def _end_call(self, call: Call, gone: str) -> None:
+        """`gone` left the call without hanging up (offline, or moved away from it): the other party is told."""
+        call.apply(Event.DISCONNECT, now=self._now, reason="peer_disconnected")
+        self._to_user(call.peer_of(gone), p.CallEnded(call_id=call.call_id, sender=gone, reason="peer_disconnected"))
+        self._forget_call(call)
+
+    def _remote_gone(self, uid: str) -> None:
+        """A user on another node is offline: end its calls with users here."""
+        info = self.remote.pop(uid).member.info
+        self._skeletons.pop(skeleton(uid), None)
+        for call in [c for c in self.calls.values() if c.involves(uid)]:
+            self._end_call(call, uid)
+        self._queue_presence(p.UserInfo(user_id=uid, display_name=info.display_name, status="offline", key=info.key))
+
+    def _moved_away(self, s: Session, node: str) -> None:
+        """The user has logged in on another node: its session here ends without a word to anyone, since it
+        goes on there. Its established calls with users here go on, as calls with a user on that node, which
+        restores them from hello.calls (if it does not, its presence there says so: see remote_presence). A call
+        still ringing ends."""
+        log.info("user %s moved to node %s", s.user_id, node)
+        del self.sessions[s.user_id]
+        self._shadows.pop(s.user_id, None)
+        s.replay.clear()
+        # The other nodes are told it is gone from here (they read the move before this, in the one presence
+        # stream; without it one that had taken the newer session for gone would keep this one).
+        self._members[s.user_id] = self._member(s, p.UserInfo(user_id=s.user_id, display_name=s.display_name,
+                                                              status="offline", key=s.key))
+        if s.conn is not None:
+            self.conns[s.conn].user = None
+            self._close(s.conn, CLOSE_REPLACED, "replaced by a newer connection on another node")
+        self.in_call.pop(s.user_id, None)
+        for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
+            if call.peer_of(s.user_id) not in self.sessions:
+                self._forget_call(call)  # neither party is here any more
+            elif not call.established:
+                self._end_call(call, s.user_id)
+        for ch in list(s.channels):
+            self._leave_channel(s, ch, "moved")
+        for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
+            del self.claims[call_id]
 
     # ---------------------------------------------------------------- dispatch
 
@@ -624,7 +885,7 @@ class Hub:
             self._error(conn, p.BAD_MESSAGE, "field 'to' is missing", msg.id)
         elif msg.to == user:
             self._error(conn, p.BAD_MESSAGE, "you cannot chat with yourself", msg.id)
-        elif msg.to not in self.sessions:
+        elif not self._reachable(msg.to):
             self._error(conn, p.USER_OFFLINE, f"'{msg.to}' is not online; your message was not delivered", msg.id)
         else:
             self._to_user(msg.to, p.Chat(id=msg.id, text=msg.text, sender=user, ts=round(self.wall(), 3)))
@@ -736,8 +997,9 @@ class Hub:
         call.apply(Event.ACCEPT, now=now)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
-            self.in_call[party] = call
-            self._refresh(self.sessions[party])
+            if party in self.sessions:  # one on another node is its node's to count
+                self.in_call[party] = call
+                self._refresh(self.sessions[party])
 
     def _call_incoming(self, user: str, conn: Conn, msg: p.CallIncoming, now: float) -> None:
         callee = msg.to
@@ -747,7 +1009,7 @@ class Hub:
         if msg.call_id in self.calls or msg.call_id in self.room_call_ids:
             self._error(conn, p.BAD_MESSAGE, f"call_id '{msg.call_id}' is already in use", msg.call_id)
             return
-        if callee not in self.sessions:
+        if not self._reachable(callee):
             self._error(conn, p.USER_OFFLINE, f"'{callee}' is not online", msg.call_id)
             return
         if any(c.caller == user and c.callee == callee for c in self.calls.values()):
@@ -767,6 +1029,10 @@ class Hub:
         caller = self.sessions[user]
         self._to_user(callee, p.CallIncoming(call_id=msg.call_id, media=msg.media, sender=user,
                                              display_name=caller.display_name))
+
+    def _reachable(self, user: str) -> bool:
+        """Has a session, here or on another node (where its node decides whether it is busy)."""
+        return user in self.sessions or user in self.remote
 
     def _engaged(self, user: str, *, besides: str) -> bool:
         """In a room's call or an established call, or ringing with someone other than `besides` (glare with them
@@ -800,9 +1066,24 @@ class Hub:
             self._announce(s, status)
 
     def _announce(self, s: Session, status: str) -> None:
-        """Tell everyone else, at the next presence tick, together with every other change in it."""
-        self._presence[s.user_id] = p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=status,
-                                                key=s.key)
+        """Tell everyone else, at the next presence tick, together with every other change in it (in a
+        cluster, the other nodes too)."""
+        info = p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=status, key=s.key)
+        if self.config.cluster:
+            self._members[s.user_id] = self._member(s, info)
+        self._queue_presence(info)
+
+    def _tick_clock(self) -> float:
+        """A session's start: the wall clock, but later than every session start this node has heard of, so that
+        a session begun after hearing of another is the newer one whatever the clocks of the nodes say."""
+        self._clock = max(self.wall(), self._clock + 1e-6)
+        return self._clock
+
+    def _member(self, s: Session, info: p.UserInfo) -> Member:
+        return Member(info, token_hash(s.resume_token), s.since)
+
+    def _queue_presence(self, info: p.UserInfo) -> None:
+        self._presence[info.user_id] = info
         if self._presence_at is None and self.config.presence_tick > 0:
             self._presence_at = self._now + self.config.presence_tick
             self._due(self._presence_at, "presence", "")
@@ -811,6 +1092,9 @@ class Hub:
         """The tick's changes go out: to a client that asked, in presence_batch frames (one, unless it would pass
         PRESENCE_BATCH_BYTES); to an older one, a presence frame per change but its own."""
         changes, self._presence, self._presence_at = self._presence, {}, None
+        if self._members:
+            self._out.append(Announce(tuple(self._members.values())))
+            self._members = {}
         if not changes:
             return
         self._snapshot = None  # the next login's user list is built afresh
@@ -835,8 +1119,12 @@ class Hub:
         """Every session as presence_batch frames (the receiver skips itself), built at most once a presence tick:
         in a storm of logins each gets the same frames, and the tick's batch brings each up to date."""
         if self._snapshot is None or self.config.presence_tick <= 0:
-            self._snapshot = _batches([self._info(o) for o in self.sessions.values()])
+            self._snapshot = _batches(self._everyone())
         return self._snapshot
+
+    def _everyone(self) -> list[p.UserInfo]:
+        """Every user with a session, here or on another node."""
+        return [*(self._info(o) for o in self.sessions.values()), *(r.member.info for r in self.remote.values())]
 
     def _info(self, s: Session) -> p.UserInfo:
         return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s), key=s.key)
@@ -869,11 +1157,16 @@ class Hub:
                 self._to_user(s.user_id, p.ChannelGap(channel=channel, missed=missed))
 
     def _to_user(self, user: str, msg: p.Message) -> None:
-        """Deliver to a user now, or keep it until the user is back."""
+        """Deliver to a user now, or keep it until the user is back; one on another node, through the broker."""
         s = self.sessions.get(user)
         if s is None:
+            r = self.remote.get(user)
+            if r is not None:
+                self._out.append(Forward(r.node, user, msg.encode()))
             return
-        text = msg.encode()
+        self._deliver(s, msg.encode())
+
+    def _deliver(self, s: Session, text: str) -> None:
         self._record(s, text)
         if s.conn is not None:
             self._out.append(Send(s.conn, text))
@@ -954,6 +1247,18 @@ def _batches(infos: list[p.UserInfo]) -> list[str]:
     if chunk:
         frames.append(p.PresenceBatch(users=tuple(chunk)).encode())
     return frames
+
+
+def _owns(m: Member, hello: p.Hello, proven: str | None) -> bool:
+    """Whether a hello comes from the client of a session on another node: its resume token, or its key."""
+    if hello.resume_token is not None and hmac.compare_digest(token_hash(hello.resume_token), m.token_hash):
+        return True
+    return bool(proven) and proven == m.info.key
+
+
+def token_hash(resume_token: str) -> str:
+    """What other nodes of a cluster know of a session's resume token: enough to check one, not to use it."""
+    return hashlib.sha256(resume_token.encode()).hexdigest()[:32]
 
 
 def _too_big(raw: str | bytes) -> bool:

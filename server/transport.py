@@ -19,7 +19,7 @@ from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 
 from .admission import ACCEPT_BACKLOG, Admission, EverySecond, connection_cap, raise_open_file_limit
 from .bindings import Bindings
-from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
+from .hub import Action, Announce, Broadcast, Close, Forward, Hub, HubConfig, Send
 
 log = logging.getLogger("callbox.server")
 
@@ -94,6 +94,7 @@ class SignalingServer:
         bindings: Bindings | None = None,
         max_connections: int | None = None,
         allow_origins: Iterable[str] = (),
+        redis: str | None = None,
     ):
         self.host = host
         self.requested_port = port
@@ -117,6 +118,12 @@ class SignalingServer:
         self.admission: Admission | None = None
         self._hello_timers: dict[ServerConnection, asyncio.TimerHandle] = {}
         self._old_handler = None
+        self.cluster = None  # with `redis` (a redis:// URL): this server is one node of a cluster (server.cluster)
+        if redis:
+            from .cluster import Cluster  # only here: without --redis, redis-py need not be installed
+
+            self.hub.config.cluster = True
+            self.cluster = Cluster(redis, self.hub, self._apply)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -147,6 +154,9 @@ class SignalingServer:
             write_limit=(CONGESTED_HIGH, CONGESTED_LOW),
         )
         log.info("callbox-server %s listening on %s", __version__, self.url)
+        if self.cluster is not None:
+            await self.cluster.start(self.url)
+            log.info("node %s of the cluster on %s", self.hub.config.server_id, self.cluster.url)
 
     async def stop(self) -> None:
         """Close every connection with 1001 (going away) and stop listening."""
@@ -158,6 +168,8 @@ class SignalingServer:
         await self._server.wait_closed()
         await asyncio.gather(*self._closing, return_exceptions=True)
         self._server = None
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.hub.bindings.close()
         asyncio.get_running_loop().set_exception_handler(self._old_handler)
         log.info("callbox-server stopped")
@@ -258,6 +270,8 @@ class SignalingServer:
                 task = asyncio.create_task(a.conn.close(a.code, a.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
+            elif isinstance(a, (Forward, Announce)) and self.cluster is not None:
+                self.cluster.send(a)
         self._schedule()
 
     def _deliver(self, conns: Iterable[ServerConnection], text: str) -> None:

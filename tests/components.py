@@ -1,9 +1,10 @@
 """Probes for the components some tests need (PortAudio with a PulseAudio null sink, mDNS on loopback, an X
-display to share), the X display itself, and PulseAudio devices plugged in and out, played into and recorded.
+display to share, a Redis server), the X display and Redis themselves, and PulseAudio devices plugged in and out,
+played into and recorded.
 
-A test calls require_audio(), require_multicast() or uses x_display(): without the component it skips, saying
-what is missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1 /
-CALLBOX_REQUIRE_DISPLAY=1, which CI sets.
+A test calls require_audio(), require_multicast() or uses x_display() or redis_server(): without the component it
+skips, saying what is missing, or fails under CALLBOX_REQUIRE_AUDIO=1 / CALLBOX_REQUIRE_MULTICAST=1 /
+CALLBOX_REQUIRE_DISPLAY=1 / CALLBOX_REQUIRE_REDIS=1, which CI sets.
 """
 
 from __future__ import annotations
@@ -152,6 +153,55 @@ def multicast_unavailable() -> str | None:
 
 def require_multicast() -> None:
     _require(multicast_unavailable(), "CALLBOX_REQUIRE_MULTICAST", "mDNS on loopback")
+
+
+class RedisServer:
+    """A real redis-server (Debian package redis-server) on a free loopback port, with no persistence, which a
+    test may stop and start again on the same port (a restart loses everything, as an unpersisted one does)."""
+
+    def __init__(self, binary: str, port: int):
+        self.binary, self.port = binary, port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(500):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                return
+            if self.proc.poll() is not None:
+                break
+            select.select([], [], [], 0.01)
+        raise RuntimeError(f"redis-server did not start: {self.proc.stderr.read().decode()[-500:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def redis_server():
+    """A RedisServer, started; without redis-server or the redis package the test skips (fails under
+    CALLBOX_REQUIRE_REDIS=1, which CI sets)."""
+    binary = shutil.which("redis-server")
+    try:
+        import redis  # noqa: F401
+    except ImportError as e:
+        _require(f"Python package redis is not installed ({e})", "CALLBOX_REQUIRE_REDIS", "Redis")
+    _require(None if binary else "redis-server not found (Debian package redis-server)", "CALLBOX_REQUIRE_REDIS",
+             "Redis")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = RedisServer(binary, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 FILL = """

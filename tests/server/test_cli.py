@@ -81,6 +81,10 @@ async def test_bad_options_are_named():
                                                 "--key", "nope.pem", stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 1 and b"cannot load the certificate" in err and b"Traceback" not in err
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", "--redis", "http://cache:6379",
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 1 and b"'http://cache:6379' is not a Redis URL" in err and b"Traceback" not in err
 
 
 async def test_port_in_use_is_a_plain_message():

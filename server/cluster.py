@@ -1,0 +1,298 @@
+"""One node of a cluster on a shared Redis: its heartbeat, the users' directory, and what goes between nodes.
+
+The hub keeps the rules. It hands out Forward (a frame for a user on another node) and Announce (its users'
+presence), and takes back remote_presence, node_lost and forwarded. What lives in Redis, all under `callbox:`:
+
+  nodes          SET     the node ids of the cluster
+  node:<id>      STRING  a node's heartbeat: set every HEARTBEAT seconds, expires after NODE_TTL
+  users:<id>     HASH    user id -> that node's member record (presence, the resume token's hash, session start)
+  inbox:<id>     STREAM  everything for that node, in the order it was written: frames for its users, and the
+                         other nodes' presence changes
+
+One stream per node, and not pub/sub:
+- a node that loses Redis for a moment reads on from where it was, so a blip loses nothing;
+- what one node writes to another arrives in the order it was written, a presence change and the call that
+  follows it included.
+What a node writes while Redis is unreachable waits in memory (at most HELD writes) and goes out when Redis is
+back. The node then writes its users afresh and reads the others' again: a resync. It does the same after a Redis
+restart that lost the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+
+import orjson
+
+from shared import protocol as p
+
+from .hub import Action, Announce, Forward, Hub, Member
+
+log = logging.getLogger("callbox.cluster")
+
+PREFIX = "callbox:"
+HEARTBEAT = 1.0  # seconds between a node's heartbeats
+NODE_TTL = 3.0  # a node whose heartbeat is older than this is gone
+INBOX_LEN = 10_000  # entries an inbox keeps, about (XADD MAXLEN ~)
+HELD = 100_000  # writes held while Redis is unreachable; past it the oldest are dropped (and logged)
+BLOCK_MS = 1000  # how long a read waits for new entries
+READ_COUNT = 1000  # entries read at once
+
+
+class ClusterError(Exception):
+    """The cluster cannot be joined as asked (a Redis URL that does not parse, redis-py missing)."""
+
+
+def _client(url: str):
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise ClusterError("--redis needs the redis package: pip install 'callbox[redis]'") from None
+    try:
+        return aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=BLOCK_MS / 1000 + 2.0)
+    except ValueError as exc:
+        raise ClusterError(f"'{url}' is not a Redis URL (redis://HOST:PORT/DB): {exc}") from None
+
+
+def encode_members(members: Iterable[Member]) -> bytes:
+    return orjson.dumps([[m.info.user_id, m.info.display_name, m.info.status, m.info.key, m.token_hash, m.since]
+                         for m in members])
+
+
+def decode_members(raw: bytes) -> list[Member]:
+    return [Member(p.UserInfo(user_id=u, display_name=n, status=s, key=k), h, since)
+            for u, n, s, k, h, since in orjson.loads(raw)]
+
+
+class Cluster:
+    """The Redis side of one node. `start()` returns at once: Redis may come later, and the node serves its own
+    users meanwhile."""
+
+    def __init__(self, url: str, hub: Hub, apply: Callable[[list[Action]], None], *, heartbeat: float = HEARTBEAT,
+                 ttl: float = NODE_TTL):
+        self.url = url
+        self.hub = hub
+        self.apply = apply  # hands the hub's answers to the transport
+        self.node = hub.config.server_id
+        self.address = ""  # where this node's clients connect, written in its heartbeat (for operators)
+        self.heartbeat, self.ttl = heartbeat, ttl
+        self.redis = _client(url)
+        self.reader = _client(url)  # its own connection: a blocking read must not hold up the writes
+        self._inbox = self.key("inbox", self.node)
+        self._position = b"0-0"  # the last entry read from the inbox
+        self._held: list[tuple] = []  # writes not yet made: (presence?, command, *args)
+        self._writer: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()  # the loops end on it: redis-py can swallow a cancellation
+        self._nodes: dict[str, float | None] = {}  # other nodes seen -> since when gone (None: alive)
+        self._up = False  # Redis answered the last heartbeat
+        self._down_since: float | None = None
+        self._settle_until = 0.0  # after a resync, nodes are not judged gone until everyone had a heartbeat
+        self.resyncs = 0  # how many times this node wrote its users afresh (tests read it)
+
+    def key(self, *parts: str) -> str:
+        return PREFIX + ":".join(parts)
+
+    async def start(self, address: str) -> None:
+        self.address = address
+        self._tasks = [asyncio.create_task(self._beat(), name="cluster-heartbeat"),
+                       asyncio.create_task(self._read(), name="cluster-read")]
+        for task in self._tasks:
+            task.add_done_callback(_report)
+
+    async def stop(self) -> None:
+        """Leave the cluster: what is held goes out, then the heartbeat is removed, so the other nodes take this
+        node's users as reconnecting at once rather than after NODE_TTL."""
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.wait(self._tasks, timeout=2.0)
+        try:
+            if self._writer is not None:
+                await asyncio.wait_for(self._writer, 2.0)
+            await asyncio.wait_for(self._write(), 2.0)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.key("node", self.node), self.key("users", self.node), self._inbox)
+            pipe.srem(self.key("nodes"), self.node)
+            await asyncio.wait_for(pipe.execute(), 2.0)
+        except (OSError, TimeoutError, _RedisError) as exc:
+            log.warning("left the cluster without telling Redis: %s", exc)
+        await self.redis.aclose()
+        await self.reader.aclose()
+
+    # ------------------------------------------------------------ out: the hub's actions
+
+    def send(self, action: Forward | Announce) -> None:
+        if isinstance(action, Forward):
+            self._hold(False, "xadd", self.key("inbox", action.node), {b"u": action.user, b"t": action.text})
+            return
+        here = {m.info.user_id: encode_members([m]) for m in action.users if m.info.status != "offline"}
+        gone = [m.info.user_id for m in action.users if m.info.status == "offline"]
+        if here:
+            self._hold(True, "hset", self.key("users", self.node), None, None, here)
+        if gone:
+            self._hold(True, "hdel", self.key("users", self.node), *gone)
+        self._tell_nodes(encode_members(action.users))
+
+    def _tell_nodes(self, members: bytes, nodes: Iterable[str] | None = None) -> None:
+        """Presence changes into the inboxes of the other nodes (all of those alive, unless named)."""
+        for node in nodes if nodes is not None else [n for n, gone in self._nodes.items() if gone is None]:
+            self._hold(True, "xadd", self.key("inbox", node), {b"n": self.node, b"m": members})
+
+    def _hold(self, presence: bool, *op) -> None:
+        self._held.append((presence, *op))
+        if len(self._held) > HELD:
+            del self._held[: len(self._held) - HELD]
+            log.warning("redis unreachable: dropped the oldest writes past %d", HELD)
+        if self._up and self._writer is None:
+            # Everything held by the end of this turn of the loop goes out in one pipeline.
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    async def _write(self) -> None:
+        """Everything held, in order, in pipelines; kept for the next try if Redis does not take it."""
+        try:
+            while self._held and self._up:
+                ops, self._held = self._held, []
+                try:
+                    pipe = self.redis.pipeline(transaction=False)
+                    for _presence, name, *args in ops:
+                        if name == "xadd":
+                            pipe.xadd(*args, maxlen=INBOX_LEN, approximate=True)
+                        else:
+                            getattr(pipe, name)(*args)
+                    await pipe.execute()
+                except (OSError, TimeoutError, _RedisError) as exc:
+                    self._held[:0] = ops
+                    self._lost(exc)
+        finally:
+            self._writer = None
+
+    # ------------------------------------------------------------ heartbeat and resync
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _beat(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(self.key("node", self.node), self.address, px=int(self.ttl * 1000))
+                pipe.sadd(self.key("nodes"), self.node)
+                pipe.smembers(self.key("nodes"))
+                _, added, members = await pipe.execute()
+                if added or not self._up:  # the set had lost us (Redis restarted, or this node is new), or back
+                    await self._resync()
+                await self._check_nodes({m.decode() for m in members} - {self.node})
+                if self._held and self._writer is None:
+                    await self._write()
+            except (OSError, TimeoutError, _RedisError) as exc:
+                self._lost(exc)
+            await self._pause(self.heartbeat)
+
+    def _lost(self, exc: BaseException) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._up or self._down_since is None:
+            log.warning("redis at %s is unreachable (%s); serving this node's users alone until it is back",
+                        self.url, exc or type(exc).__name__)
+            self._down_since = now
+        self._up = False
+        if now - self._down_since >= self.ttl:
+            # The others count this node gone by now, and this node can no longer tell whether they are there.
+            for node, gone in self._nodes.items():
+                if gone is None:
+                    self._nodes[node] = now
+                    self.apply(self.hub.node_lost(node, now))
+
+    async def _resync(self) -> None:
+        """Write this node's users afresh, tell the others, and read theirs: after a start, a Redis restart or an
+        outage."""
+        now = asyncio.get_running_loop().time()
+        if self._down_since is not None:
+            log.info("redis at %s is back after %.1f s; resynchronising", self.url, now - self._down_since)
+        self.resyncs += 1
+        # What was held of this node's presence is older than what is written now; frames for users elsewhere
+        # still go.
+        self._held = [op for op in self._held if not op[0]]
+        members = self.hub.members()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.key("users", self.node))
+        if members:
+            pipe.hset(self.key("users", self.node), mapping={m.info.user_id: encode_members([m]) for m in members})
+        await pipe.execute()
+        self._nodes = {node: None for node in self._nodes}  # judged again from the heartbeats
+        self._settle_until = now + self.ttl
+        self._up, self._down_since = True, None
+        await self._check_nodes(set(self._nodes), snapshot=True)
+
+    async def _check_nodes(self, listed: set[str], *, snapshot: bool = False) -> None:
+        """Which of the other nodes have a heartbeat. A new one (or one back, or all of them with `snapshot`) is
+        read, and told this node's users; one whose heartbeat lapsed is gone."""
+        names = sorted(listed | set(self._nodes))
+        if not names:
+            return
+        alive = await self.redis.mget([self.key("node", n) for n in names])
+        now = asyncio.get_running_loop().time()
+        for node, beat in zip(names, alive, strict=True):
+            known = node in self._nodes
+            gone = self._nodes.get(node)
+            if beat is not None:
+                self._nodes[node] = None
+                if snapshot or not known or gone is not None:
+                    raw = await self.redis.hgetall(self.key("users", node))
+                    self.apply(self.hub.remote_presence(node, [m for v in raw.values() for m in decode_members(v)],
+                                                        now))
+                    self._tell_nodes(encode_members(self.hub.members()), [node])
+            elif known and gone is None and now >= self._settle_until:
+                self._nodes[node] = now
+                log.info("node %s has no heartbeat: its users are reconnecting", node)
+                self.apply(self.hub.node_lost(node, now))
+            elif gone is not None and now - gone > self.hub.config.resume_grace + self.ttl:
+                # Long gone: whoever notices first clears what it left.
+                del self._nodes[node]
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.srem(self.key("nodes"), node)
+                pipe.delete(self.key("users", node), self.key("inbox", node))
+                await pipe.execute()
+
+    # ------------------------------------------------------------ in: what other nodes wrote
+
+    async def _read(self) -> None:
+        while not self._stopping.is_set():
+            if not self._up:
+                await self._pause(self.heartbeat / 4)
+                continue
+            try:
+                got = await self.reader.xread({self._inbox: self._position}, count=READ_COUNT, block=BLOCK_MS)
+            except (OSError, TimeoutError, _RedisError) as exc:
+                self._lost(exc)
+                await self._pause(self.heartbeat / 4)
+                continue
+            now = asyncio.get_running_loop().time()
+            for _stream, entries in got:
+                for entry_id, fields in entries:
+                    self._position = entry_id
+                    try:
+                        if b"u" in fields:
+                            self.apply(self.hub.forwarded(fields[b"u"].decode(), fields[b"t"].decode(), now))
+                        else:
+                            # (a node first heard of here is met at the next heartbeat, which tells it ours)
+                            self.apply(self.hub.remote_presence(fields[b"n"].decode(), decode_members(fields[b"m"]),
+                                                                now))
+                    except (KeyError, ValueError, TypeError, p.ProtocolError) as exc:
+                        log.warning("skipped a malformed entry %s in %s: %s", entry_id, self._inbox, exc)
+
+
+def _report(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the cluster's %s stopped on a bug", task.get_name(), exc_info=task.exception())
+
+
+try:
+    from redis.exceptions import RedisError as _RedisError
+except ImportError:  # without the extra there is no cluster, and nothing raises it
+    class _RedisError(Exception):
+        pass

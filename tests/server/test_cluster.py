@@ -1,0 +1,234 @@
+"""Two real nodes on a real redis-server: presence, calls, chat and busy across nodes; a node that stops or dies;
+Redis restarted under them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from server import HubConfig, SignalingServer
+from tests.components import redis_server
+from tests.support import FAST, MS, Peer, eventually
+
+BEAT, TTL = 0.1, 0.4  # the nodes' heartbeat here, much quicker than an installed node's 1 s and 3 s
+
+
+@pytest.fixture
+def redis():
+    with redis_server() as r:
+        yield r
+
+
+@contextlib.asynccontextmanager
+async def node(redis_url: str, **config):
+    server = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **config}), ping_timeout=100 * MS,
+                             redis=redis_url)
+    server.cluster.heartbeat, server.cluster.ttl = BEAT, TTL
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(redis_url: str, **config):
+    async with node(redis_url, **config) as a, node(redis_url, **config) as b:
+        await eventually(lambda: a.cluster.node in b.cluster._nodes and b.cluster.node in a.cluster._nodes, 5.0)
+        yield a, b
+
+
+async def online(peer: Peer, user: str, status: str = "online", timeout: float = 3.0) -> None:
+    """Wait until what `peer` was told (welcome, presence and presence_batch, kept in peer.seen) gives `user`
+    this status."""
+    seen = peer.__dict__.setdefault("seen", {u["user_id"]: u["status"] for u in (peer.welcome or {}).get("users", ())})
+    async with asyncio.timeout(timeout):
+        while seen.get(user) != status:
+            msg = await peer.expect("presence", "presence_batch", timeout=timeout)
+            for u in msg["users"] if msg["type"] == "presence_batch" else [msg]:
+                seen[u["user_id"]] = u["status"]
+
+
+async def test_presence_and_a_call_across_nodes(redis):
+    async with two_nodes(redis.url) as (a, b):
+        alice = await Peer.connect(a.url, "alice")
+        bob = await Peer.connect(b.url, "bob")
+        await online(bob, "alice")
+        await online(alice, "bob")
+        carol = await Peer.connect(b.url, "carol")
+        assert {u["user_id"] for u in carol.welcome["users"]} == {"alice", "bob"}  # the list spans both nodes
+
+        await alice.call(bob, "x1")
+        await bob.send({"type": "webrtc_offer", "to": "alice", "call_id": "x1", "sdp": "v=0 offer"})
+        offer = await alice.expect("webrtc_offer")
+        assert offer["from"] == "bob" and offer["sdp"] == "v=0 offer"
+        await alice.send({"type": "webrtc_ice_candidate", "to": "bob", "call_id": "x1", "candidate": "cand 1"})
+        assert (await bob.expect("webrtc_ice_candidate"))["candidate"] == "cand 1"
+        await online(carol, "alice", "in_call")
+        await online(carol, "bob", "in_call")
+
+        await alice.send({"type": "chat", "to": "carol", "id": "m1", "text": "hello across"})
+        got = await carol.expect("chat")
+        assert (got["from"], got["text"]) == ("alice", "hello across")
+
+        await bob.send({"type": "call_ended", "to": "alice", "call_id": "x1", "reason": "hangup"})
+        assert (await alice.expect("call_ended"))["reason"] == "hangup"
+        await online(carol, "alice", "online")
+        for hub in (a.hub, b.hub):
+            await eventually(lambda hub=hub: not hub.calls)
+            hub.check_invariants()
+
+
+async def test_busy_ring_timeout_and_offline_across_nodes(redis):
+    async with two_nodes(redis.url) as (a, b):
+        alice, dave = await Peer.connect(a.url, "alice"), await Peer.connect(a.url, "dave")
+        bob = await Peer.connect(b.url, "bob")
+        await online(alice, "bob")
+        await online(dave, "bob")
+        await alice.call(bob, "x1")
+        # bob is in a call (on his node): dave is told he is busy, as he would be on one node
+        await dave.send({"type": "call_incoming", "to": "bob", "call_id": "x2"})
+        rejected = await dave.expect("call_rejected")
+        assert (rejected["from"], rejected["reason"]) == ("bob", "busy")
+        assert await bob.silent("call_incoming")
+        # calling the caller's peer from the other side: alice is busy too, told by her own node
+        carol = await Peer.connect(b.url, "carol")
+        await online(carol, "alice", "in_call")
+        await carol.send({"type": "call_incoming", "to": "alice", "call_id": "x3"})
+        assert (await carol.expect("call_rejected"))["reason"] == "busy"
+
+        # an unanswered call across nodes times out on the caller's node, and both are told
+        await online(dave, "carol")
+        await dave.send({"type": "call_incoming", "to": "carol", "call_id": "x4"})
+        await carol.expect("call_incoming", call_id="x4")
+        assert (await dave.expect("call_ended", call_id="x4", timeout=3.0))["reason"] == "no_answer"
+        assert (await carol.expect("call_ended", call_id="x4", timeout=3.0))["reason"] == "no_answer"
+
+        # bob says bye: alice's call ends, and her node shows him offline
+        await bob.send({"type": "bye"})
+        ended = await alice.expect("call_ended", call_id="x1", timeout=3.0)
+        assert ended["reason"] == "peer_disconnected"
+        await online(alice, "bob", "offline")
+        await eventually(lambda: "bob" not in a.hub.remote and not a.hub.calls)
+        a.hub.check_invariants()
+
+
+async def test_a_stopped_nodes_users_reconnect_and_resume_elsewhere(redis):
+    """A node that stops: its users show as reconnecting on the other node, come back there with their resume
+    token, and their call goes on as a call with a user on the same node."""
+    async with node(redis.url) as b:
+        async with node(redis.url) as a:
+            await eventually(lambda: a.cluster.node in b.cluster._nodes, 5.0)
+            alice = await Peer.connect(a.url, "alice")
+            bob = await Peer.connect(b.url, "bob")
+            await online(alice, "bob")
+            await alice.call(bob, "x1")
+            token = alice.welcome["resume_token"]
+        await online(bob, "alice", "reconnecting")
+        back = await Peer.connect(b.url, "alice", resume_token=token,
+                                  calls=[{"call_id": "x1", "peer": "bob", "media": ["audio"]}])
+        assert back.welcome["type"] == "connection_established"
+        await online(bob, "alice", "in_call")
+        assert await bob.silent("call_ended")
+        await back.send({"type": "webrtc_offer", "to": "bob", "call_id": "x1", "sdp": "v=0 again"})
+        assert (await bob.expect("webrtc_offer"))["sdp"] == "v=0 again"
+        b.hub.check_invariants()
+
+
+async def test_a_user_id_online_on_another_node_is_taken(redis):
+    async with two_nodes(redis.url) as (a, b):
+        await Peer.connect(a.url, "alice")
+        await eventually(lambda: "alice" in b.hub.remote)
+        other = await Peer.connect(b.url, "alice")
+        assert other.welcome["code"] == "name_taken"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def node_process(redis_url: str, port: int, data_dir):
+    """callbox-server --redis as its own process, which a test can SIGKILL; it listens when this returns."""
+    proc = subprocess.Popen([sys.executable, "-m", "server", "--port", str(port), "--redis", redis_url,
+                             "--ping-interval", "1", "--resume-grace", "10", "--data-dir", str(data_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(500):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the node exited: {proc.stderr.read()[-800:]}")
+            time.sleep(0.02)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+
+
+async def test_a_node_killed_mid_call(redis, tmp_path):
+    """SIGKILL the node one party of a call is on: she comes back on the other node with her resume token and the
+    call she is in, and the call goes on there; her peer is never told it ended, and sees her in_call again."""
+    port = _free_port()
+    async with node(redis.url, resume_grace=10.0) as b:
+        with node_process(redis.url, port, tmp_path) as proc:
+            probe = await Peer.connect(f"ws://127.0.0.1:{port}", "probe")
+            await eventually(lambda: "probe" in b.hub.remote, 5.0)
+            alice = await Peer.connect(f"ws://127.0.0.1:{port}", "alice")
+            bob = await Peer.connect(b.url, "bob")
+            await online(alice, "bob")
+            await alice.call(bob, "x1")
+            await online(bob, "alice", "in_call")
+            token = alice.welcome["resume_token"]
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(5)
+        assert (await alice.closed())[0] is None  # no close frame: the node died
+        back = await Peer.connect(b.url, "alice", resume_token=token,
+                                  calls=[{"call_id": "x1", "peer": "bob", "media": ["audio"]}])
+        assert back.welcome["type"] == "connection_established"
+        await online(bob, "alice", "in_call")
+        await back.send({"type": "webrtc_offer", "to": "bob", "call_id": "x1", "sdp": "v=0 after the kill"})
+        assert (await bob.expect("webrtc_offer"))["sdp"] == "v=0 after the kill"
+        # the dead node's other user goes reconnecting once its heartbeat lapses (3 s for an installed node)
+        await online(bob, "probe", "reconnecting", timeout=8.0)
+        assert await bob.silent("call_ended", wait=0.5)
+        assert b.hub.status("alice") == "in_call"
+        del probe
+        b.hub.check_invariants()
+
+
+async def test_redis_restarted_under_the_nodes(redis):
+    """Redis goes away for longer than a heartbeat's lifetime and comes back empty: each node serves its own
+    users meanwhile (a call there works), sees the other node's users reconnecting, and after the resync both see
+    everyone again and can call across once more."""
+    async with two_nodes(redis.url, resume_grace=10.0) as (a, b):
+        alice, dave = await Peer.connect(a.url, "alice"), await Peer.connect(a.url, "dave")
+        bob = await Peer.connect(b.url, "bob")
+        await online(bob, "alice")
+        await online(alice, "bob")
+        resyncs = a.cluster.resyncs, b.cluster.resyncs
+        redis.stop()
+        await online(bob, "alice", "reconnecting", timeout=5.0)
+        await alice.call(dave, "local")  # one node alone still does everything among its own users
+        redis.start()
+        await eventually(lambda: a.cluster.resyncs > resyncs[0] and b.cluster.resyncs > resyncs[1], 5.0)
+        await online(bob, "alice", "in_call", timeout=5.0)
+        await online(bob, "dave", "in_call", timeout=5.0)
+        await online(alice, "bob", timeout=5.0)
+        carol = await Peer.connect(b.url, "carol")
+        await online(dave, "carol")
+        await dave.send({"type": "call_ended", "to": "alice", "call_id": "local", "reason": "hangup"})
+        await online(carol, "dave", "online")
+        await dave.call(carol, "across")
+        for hub in (a.hub, b.hub):
+            hub.check_invariants()
