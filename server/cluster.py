@@ -8,6 +8,14 @@ presence), and takes back remote_presence, node_lost and forwarded. What lives i
   users:<id>     HASH    user id -> that node's member record (presence, the resume token's hash, session start)
   inbox:<id>     STREAM  everything for that node, in the order it was written: frames for its users, and the
                          other nodes' presence changes
+  session:<user> HASH    a session as another node resumes it: its token, name, counts, rooms, and which node
+                         holds it and in which stream
+  replay:<node>:<tag>    STREAM  the messages to one session not yet confirmed by its client, entry id = number
+
+Exactly once across nodes: every message to a user is in its replay stream before it is written to the user's
+socket (the sends of a turn of the loop wait for that turn's pipeline), and the count of what the client sent
+is written with it. A node that takes over a session after its node died replays exactly what was not
+confirmed, as the old node would have.
 
 One stream per node, and not pub/sub:
 - a node that loses Redis for a moment reads on from where it was, so a blip loses nothing;
@@ -29,7 +37,7 @@ import orjson
 
 from shared import protocol as p
 
-from .hub import Action, Announce, Forward, Hub, Member
+from .hub import Action, Announce, Forward, Hub, Keep, Member
 
 log = logging.getLogger("callbox.cluster")
 
@@ -40,6 +48,15 @@ INBOX_LEN = 10_000  # entries an inbox keeps, about (XADD MAXLEN ~)
 HELD = 100_000  # writes held while Redis is unreachable; past it the oldest are dropped (and logged)
 BLOCK_MS = 1000  # how long a read waits for new entries
 READ_COUNT = 1000  # entries read at once
+# Removes a session record, and its replay stream, only if this node still holds it: one that moved on is not.
+FORGET = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
+  local stream = redis.call('HGET', KEYS[1], 'replay')
+  if stream and stream ~= '' then redis.call('DEL', stream) end
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 
 class ClusterError(Exception):
@@ -84,7 +101,9 @@ class Cluster:
         self._inbox = self.key("inbox", self.node)
         self._position = b"0-0"  # the last entry read from the inbox
         self._held: list[tuple] = []  # writes not yet made: (presence?, command, *args)
+        self._after: list[Callable[[], None]] = []  # the sends waiting for the writes before them
         self._writer: asyncio.Task | None = None
+        self._streams: dict[str, str] = {}  # user -> the replay stream this node writes for its session
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()  # the loops end on it: redis-py can swallow a cancellation
         self._nodes: dict[str, float | None] = {}  # other nodes seen -> since when gone (None: alive)
@@ -125,7 +144,11 @@ class Cluster:
 
     # ------------------------------------------------------------ out: the hub's actions
 
-    def send(self, action: Forward | Announce) -> None:
+    def send(self, action: Forward | Keep | Announce) -> None:
+        if isinstance(action, Keep):
+            stream = self._stream(action.user, action.tag)
+            self._hold(False, "xadd", stream, {b"t": action.text}, f"{action.seq}-0")
+            return
         if isinstance(action, Forward):
             self._hold(False, "xadd", self.key("inbox", action.node), {b"u": action.user, b"t": action.text})
             return
@@ -142,6 +165,32 @@ class Cluster:
         for node in nodes if nodes is not None else [n for n, gone in self._nodes.items() if gone is None]:
             self._hold(True, "xadd", self.key("inbox", node), {b"n": self.node, b"m": members})
 
+    def _stream(self, user: str, tag: str) -> str:
+        """The replay stream of this session here; one of an earlier session of the user goes."""
+        stream = self.key("replay", self.node, tag)
+        old = self._streams.get(user)
+        if old != stream:
+            if old is not None:
+                self._hold(False, "delete", old)
+            self._streams[user] = stream
+        return stream
+
+    def defer(self, send: Callable[[], None]) -> None:
+        """Run `send` once everything held before it is in Redis (at once while Redis is unreachable: the node
+        serves its users alone then, and exactly-once across nodes waits for Redis)."""
+        if not self._up:
+            self._run_after()
+            send()
+            return
+        self._after.append(send)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+
+    def _run_after(self) -> None:
+        after, self._after = self._after, []
+        for send in after:
+            send()
+
     def _hold(self, presence: bool, *op) -> None:
         self._held.append((presence, *op))
         if len(self._held) > HELD:
@@ -152,23 +201,87 @@ class Cluster:
             self._writer = asyncio.get_running_loop().create_task(self._write())
 
     async def _write(self) -> None:
-        """Everything held, in order, in pipelines; kept for the next try if Redis does not take it."""
+        """Everything held, in order, in pipelines (kept for the next try if Redis does not take it), each
+        followed by the sends that waited for it."""
         try:
-            while self._held and self._up:
+            while (self._held or self._after or self.hub.dirty) and self._up:
+                self._records()
                 ops, self._held = self._held, []
+                after, self._after = self._after, []
                 try:
                     pipe = self.redis.pipeline(transaction=False)
                     for _presence, name, *args in ops:
                         if name == "xadd":
-                            pipe.xadd(*args, maxlen=INBOX_LEN, approximate=True)
+                            fields, *entry_id = args[1:]
+                            pipe.xadd(args[0], fields, *entry_id, maxlen=self._maxlen(args[0]), approximate=True)
+                        elif name == "forget":
+                            pipe.eval(FORGET, 1, *args)
                         else:
                             getattr(pipe, name)(*args)
-                    await pipe.execute()
+                    for result in await pipe.execute(raise_on_error=False) if ops else ():
+                        if isinstance(result, _ResponseError):
+                            log.warning("redis refused a write: %s", result)
                 except (OSError, TimeoutError, _RedisError) as exc:
                     self._held[:0] = ops
                     self._lost(exc)
+                finally:
+                    for send in after:
+                        send()
         finally:
             self._writer = None
+
+    def _maxlen(self, stream: str) -> int:
+        return INBOX_LEN if stream.startswith(self.key("inbox")) else self.hub.config.queue_limit
+
+    def _records(self) -> None:
+        """The session records that changed, into what is held: written, or forgotten once gone from here."""
+        for user, record in self.hub.take_dirty():
+            key = self.key("session", user)
+            if record is None:
+                self._hold(False, "forget", key, self.node)
+                stream = self._streams.pop(user, None)
+                if stream is not None:
+                    self._hold(False, "delete", stream)
+                continue
+            stream = self._streams.get(user, "")
+            record.update(node=self.node, replay=stream, channels=orjson.dumps(record["channels"]))
+            self._hold(False, "hset", key, None, None, record)
+            if stream:
+                self._hold(False, "xtrim", stream, None, False, f"{record['confirmed'] + 1}-0")
+
+    async def take_over(self, raw: str | bytes) -> None:
+        """Before a hello that resumes a session this node does not have: if another node kept it in Redis, take
+        it over (Hub.adopt), with its replay stream, so that the hello resumes it here."""
+        try:
+            hello = orjson.loads(raw)
+            user, token = hello["user_id"], hello["resume_token"]
+        except (ValueError, TypeError, KeyError):
+            return  # not a resuming hello: the hub answers it
+        if hello.get("type") != "hello" or not isinstance(user, str) or not isinstance(token, str):
+            return
+        if user in self.hub.sessions or not self._up:
+            return
+        try:
+            record = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.key("session", user))).items()}
+            if record.get("token") != token:
+                return
+            stream = record.get("replay", "")
+            entries = await self.redis.xrange(stream) if stream else []
+        except (OSError, TimeoutError, _RedisError) as exc:
+            self._lost(exc)
+            return
+        if user in self.hub.sessions:
+            return  # it came here while Redis answered
+        loaded = [(int(entry_id.split(b"-")[0]), fields[b"t"].decode()) for entry_id, fields in entries]
+        self.hub.adopt(user, {"token": token, "name": record["name"], "key": record["key"],
+                              "received": int(record["received"]), "sent": int(record["sent"]),
+                              "channels": orjson.loads(record["channels"])}, loaded,
+                       asyncio.get_running_loop().time())
+        mine = self._stream(user, self.hub.sessions[user].tag)
+        for seq, text in loaded:  # its replay stream is this node's now
+            self._hold(False, "xadd", mine, {b"t": text}, f"{seq}-0")
+        if stream and stream != mine:
+            self._hold(False, "delete", stream)
 
     # ------------------------------------------------------------ heartbeat and resync
 
@@ -215,8 +328,15 @@ class Cluster:
             log.info("redis at %s is back after %.1f s; resynchronising", self.url, now - self._down_since)
         self.resyncs += 1
         # What was held of this node's presence is older than what is written now; frames for users elsewhere
-        # still go.
+        # still go. Every session here is written again, with its replay stream (Redis may have lost them).
         self._held = [op for op in self._held if not op[0]]
+        for user, s in self.hub.sessions.items():
+            self._streams.pop(user, None)
+            stream = self._stream(user, s.tag)
+            self._hold(False, "delete", stream)
+            for seq, text in s.replay.entries:
+                self._hold(False, "xadd", stream, {b"t": text}, f"{seq}-0")
+        self.hub.rewrite_records()
         members = self.hub.members()
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.key("users", self.node))
@@ -293,6 +413,10 @@ def _report(task: asyncio.Task) -> None:
 
 try:
     from redis.exceptions import RedisError as _RedisError
-except ImportError:  # without the extra there is no cluster, and nothing raises it
+    from redis.exceptions import ResponseError as _ResponseError
+except ImportError:  # without the extra there is no cluster, and nothing raises them
     class _RedisError(Exception):
+        pass
+
+    class _ResponseError(_RedisError):
         pass

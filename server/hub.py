@@ -71,13 +71,24 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Keep:
+    """A message recorded for a user's replay (in a cluster: kept in Redis too, so another node can resume it);
+    `tag` names the session (the hash of its resume token)."""
+
+    user: str
+    tag: str
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Announce:
     """This node's users whose presence changed (in a cluster: the other nodes are told)."""
 
     users: tuple[Member, ...]
 
 
-Action = Send | Broadcast | Close | Forward | Announce
+Action = Send | Broadcast | Close | Forward | Keep | Announce
 
 
 @dataclass
@@ -136,6 +147,10 @@ class Session:
     key: str | None = None  # the identity key it proved, if any
     batch: bool = False  # it takes presence in presence_batch frames
     since: float = 0.0  # when the session began (wall clock): in a cluster, the newest session of a user wins
+    tag: str = ""  # the hash of its resume token, which names it to the other nodes of a cluster
+
+    def __post_init__(self) -> None:
+        self.tag = token_hash(self.resume_token)
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,7 @@ class Hub:
         self._members: dict[str, Member] = {}  # ... and this node's changes not yet announced to them
         self._shadows: dict[str, tuple[str, Member]] = {}  # older sessions elsewhere of users here: node, member
         self._clock = 0.0  # the latest session start heard of (see _tick_clock)
+        self._dirty: set[str] = set()  # users whose session record changed since server.cluster last took them
 
     # ---------------------------------------------------------------- events in
 
@@ -241,6 +257,8 @@ class Hub:
         s = self.sessions[cs.user] if cs.user is not None else None
         if s is not None:
             s.received += 1  # every frame after hello counts, whatever becomes of it (an ack is taken back)
+            if self.config.cluster:
+                self._dirty.add(s.user_id)
         if self._rate_limited(conn, cs, now):
             return self._take()
         if _too_big(raw):
@@ -390,6 +408,52 @@ class Hub:
     def call_of(self, user_id: str) -> Call | None:
         """The established call this user is in, if any (kept in a dict: a welcome asks it for every user)."""
         return self.in_call.get(user_id)
+
+    def rewrite_records(self) -> None:
+        """Every session record is to be written again (server.cluster, after Redis lost them)."""
+        self._dirty.update(self.sessions)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def take_dirty(self) -> list[tuple[str, dict | None]]:
+        """The session records that changed since last asked: user -> what another node needs to resume it
+        (server.cluster), or None when the session is no longer here."""
+        dirty, self._dirty = self._dirty, set()
+        out = []
+        for user in dirty:
+            s = self.sessions.get(user)
+            out.append((user, None if s is None else {
+                "token": s.resume_token, "name": s.display_name, "key": s.key or "", "since": s.since,
+                "received": s.received, "sent": s.replay.sent,
+                "confirmed": s.replay.entries[0][0] - 1 if s.replay.entries else s.replay.sent,
+                "channels": sorted(s.channels),
+            }))
+        return out
+
+    def adopt(self, user: str, record: dict, entries: list[tuple[int, str]], now: float) -> None:
+        """Take over a session another node of the cluster kept in Redis (its record and what its replay log
+        held), as a reconnecting session here: the hello that follows resumes it as on the node it came from,
+        with exactly what its client did not get."""
+        if user in self.sessions:
+            return
+        cfg = self.config
+        s = Session(user, record["name"], record["token"], None,
+                    ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=record["key"] or None,
+                    since=self._tick_clock(), received=record["received"])  # a newer incarnation of it
+        s.replay.restore(entries, record["sent"])
+        self._dirty.add(user)
+        s.deadline = now + max(cfg.resume_grace, 1.0)
+        self._due(s.deadline, "session", user)
+        self.sessions[user] = s
+        self._skeletons[skeleton(user)] = user
+        self.remote.pop(user, None)
+        s.status = ""
+        for ch in record["channels"]:  # the rooms it was in, with their members on this node
+            self.channels.setdefault(ch, set()).add(user)
+            s.channels.add(ch)
+        log.info("took over the session of %s from another node (%d messages to replay)", user, len(entries))
 
     def members(self) -> list[Member]:
         """This node's users as a cluster's other nodes know them (server.cluster, when it resynchronises)."""
@@ -543,6 +607,8 @@ class Hub:
         self._flush_gaps(s)
         if self.redirect is not None and not resuming:
             self._to_user(s.user_id, self.redirect)  # a resumed session had it already, or has it in the replay
+        if cfg.cluster:
+            self._dirty.add(s.user_id)
         self._restore_calls(s, msg.calls, now)
         if moved:  # what it had here as a user of another node, and did not claim again, is over
             for call in [c for c in self.calls.values() if c.involves(s.user_id) and self.in_call.get(s.user_id)
@@ -586,6 +652,7 @@ class Hub:
         for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
             del self.claims[call_id]
         self._announce(s, "offline")
+        self._dirty.add(s.user_id)
         log.info("user %s is offline", s.user_id)
         shadow = self._shadows.pop(s.user_id, None)
         if shadow is not None:  # the older session on another node had not yielded yet: it is the one now
@@ -774,6 +841,7 @@ class Hub:
         log.info("user %s moved to node %s", s.user_id, node)
         del self.sessions[s.user_id]
         self._shadows.pop(s.user_id, None)
+        self._dirty.add(s.user_id)
         s.replay.clear()
         # The other nodes are told it is gone from here (they read the move before this, in the one presence
         # stream; without it one that had taken the newer session for gone would keep this one).
@@ -1080,7 +1148,7 @@ class Hub:
         return self._clock
 
     def _member(self, s: Session, info: p.UserInfo) -> Member:
-        return Member(info, token_hash(s.resume_token), s.since)
+        return Member(info, s.tag, s.since)
 
     def _queue_presence(self, info: p.UserInfo) -> None:
         self._presence[info.user_id] = info
@@ -1134,7 +1202,10 @@ class Hub:
     def _record(self, s: Session, text: str) -> None:
         """Number and keep a message for a user, for its replay on resume (server.replay). If the log overflows
         while the user is away, the session can no longer resume, and ends."""
-        if not s.replay.record(text, connected=s.conn is not None):
+        kept = s.replay.record(text, connected=s.conn is not None)
+        if self.config.cluster:
+            self._out.append(Keep(s.user_id, s.tag, s.replay.sent, text))
+        if not kept:
             r = s.replay
             log.warning("more for %s than its replay log holds (%d messages, %d bytes) while it is away; "
                         "ending its session", s.user_id, r.missed, r.missed_bytes)
@@ -1162,6 +1233,9 @@ class Hub:
         if s is None:
             r = self.remote.get(user)
             if r is not None:
+                if self._members:  # the other nodes first hear who is here, sender included, then what it says
+                    self._out.append(Announce(tuple(self._members.values())))
+                    self._members = {}
                 self._out.append(Forward(r.node, user, msg.encode()))
             return
         self._deliver(s, msg.encode())

@@ -75,6 +75,16 @@ class ReplayLog:
         while self.entries and self.entries[0][0] <= got:
             self._drop_oldest()
 
+    def restore(self, entries: list[tuple[int, str]], sent: int) -> None:
+        """Take over a log kept elsewhere (by another node of a cluster): `sent` messages so far, of which these
+        are the ones not yet confirmed, in order."""
+        self.sent = sent
+        for seq, text in entries:
+            size = cost(text)
+            self.entries.append((seq, text))
+            self.bytes += size
+            self.budget.used += size
+
     def reconnected(self) -> None:
         self.missed = self.missed_bytes = 0
 

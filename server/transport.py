@@ -19,7 +19,7 @@ from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 
 from .admission import ACCEPT_BACKLOG, Admission, EverySecond, connection_cap, raise_open_file_limit
 from .bindings import Bindings
-from .hub import Action, Announce, Broadcast, Close, Forward, Hub, HubConfig, Send
+from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
 
 log = logging.getLogger("callbox.server")
 
@@ -217,6 +217,8 @@ class SignalingServer:
         keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None
         try:
             async for raw in ws:
+                if self.cluster is not None and ws in self.hub.conns and self.hub.conns[ws].user is None:
+                    await self.cluster.take_over(raw)  # a session another node kept, resumed here
                 try:
                     actions = self.hub.receive(ws, raw, loop.time())
                 except Exception:  # a bug in the hub must not take the connection down with it
@@ -260,7 +262,19 @@ class SignalingServer:
         except ConnectionClosed:
             pass
 
-    def _apply(self, actions: Iterable[Action]) -> None:
+    def _apply(self, actions: list[Action]) -> None:
+        if self.cluster is None:
+            self._act(actions)
+        else:  # what goes to Redis now; what goes to sockets once it is there (server.cluster: exactly once)
+            local = [a for a in actions if isinstance(a, (Send, Broadcast, Close))]
+            for a in actions:
+                if not isinstance(a, (Send, Broadcast, Close)):
+                    self.cluster.send(a)
+            if local:
+                self.cluster.defer(lambda: self._act(local))
+        self._schedule()
+
+    def _act(self, actions: Iterable[Action]) -> None:
         for a in actions:
             if isinstance(a, Send):
                 self._deliver((a.conn,), a.text)
@@ -270,9 +284,6 @@ class SignalingServer:
                 task = asyncio.create_task(a.conn.close(a.code, a.reason))
                 self._closing.add(task)
                 task.add_done_callback(self._closing.discard)
-            elif isinstance(a, (Forward, Announce)) and self.cluster is not None:
-                self.cluster.send(a)
-        self._schedule()
 
     def _deliver(self, conns: Iterable[ServerConnection], text: str) -> None:
         """Every message to a user goes through here. It never waits for a slow peer, and a connection that is

@@ -38,6 +38,7 @@ class Peer:
         self.user_id = user_id
         self.backlog: list[dict] = []
         self.welcome: dict | None = None
+        self.got = 0  # messages of the session read so far (not the welcome, nor presence): hello's `received`
 
     @classmethod
     async def connect(cls, url: str, user_id: str, *, hello: bool = True, **fields: Any) -> Peer:
@@ -59,7 +60,12 @@ class Peer:
     async def recv(self, timeout: float = 2.0) -> dict:
         if self.backlog:
             return self.backlog.pop(0)
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        return self._count(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+
+    def _count(self, msg: dict) -> dict:
+        if msg["type"] not in ("connection_established", "presence", "presence_batch"):
+            self.got += 1
+        return msg
 
     async def expect(self, *types: str, timeout: float = 2.0, **match: Any) -> dict:
         """The first message of one of `types` (and whose fields equal `match`); others stay in the backlog."""
@@ -68,7 +74,7 @@ class Peer:
                 return self.backlog.pop(i)
         async with asyncio.timeout(timeout):
             while True:
-                msg = json.loads(await self.ws.recv())
+                msg = self._count(json.loads(await self.ws.recv()))
                 if msg["type"] in types and all(msg.get(k) == v for k, v in match.items()):
                     return msg
                 self.backlog.append(msg)
@@ -86,7 +92,7 @@ class Peer:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(timeout):
                 async for raw in self.ws:
-                    self.backlog.append(json.loads(raw) if isinstance(raw, str) else {"type": "<binary>"})
+                    self.backlog.append(self._count(json.loads(raw)) if isinstance(raw, str) else {"type": "<binary>"})
         await self.ws.wait_closed()
         rcvd = self.ws.protocol.close_rcvd
         return (rcvd.code, rcvd.reason) if rcvd else (None, None)

@@ -176,9 +176,10 @@ def node_process(redis_url: str, port: int, data_dir):
         proc.wait(5)
 
 
-async def test_a_node_killed_mid_call(redis, tmp_path):
-    """SIGKILL the node one party of a call is on: she comes back on the other node with her resume token and the
-    call she is in, and the call goes on there; her peer is never told it ended, and sees her in_call again."""
+async def test_a_node_killed_mid_call_resumes_elsewhere_exactly(redis, tmp_path):
+    """SIGKILL the node one party of a call is on, while messages wait there for her: she resumes on the other
+    node with her resume token (resumed, not a fresh login) and gets exactly what she had not got, from Redis;
+    the call goes on there, her peer is never told it ended, and sees her in_call again."""
     port = _free_port()
     async with node(redis.url, resume_grace=10.0) as b:
         with node_process(redis.url, port, tmp_path) as proc:
@@ -189,13 +190,23 @@ async def test_a_node_killed_mid_call(redis, tmp_path):
             await online(alice, "bob")
             await alice.call(bob, "x1")
             await online(bob, "alice", "in_call")
+            await bob.send({"type": "chat", "to": "alice", "id": "m1", "text": "got this one"})
+            await alice.expect("chat")
+            await alice.send({"type": "chat", "to": "bob", "id": "a1", "text": "and this one"})
+            await bob.expect("chat")
+            alice.cut()  # her connection drops; the node keeps what comes for her
+            await online(bob, "alice", "reconnecting")
+            for n in (2, 3):
+                await bob.send({"type": "chat", "to": "alice", "id": f"m{n}", "text": f"kept {n}"})
+            await eventually(lambda: _kept(redis.url, "kept 3"), 3.0)
             token = alice.welcome["resume_token"]
             proc.send_signal(signal.SIGKILL)
             proc.wait(5)
-        assert (await alice.closed())[0] is None  # no close frame: the node died
-        back = await Peer.connect(b.url, "alice", resume_token=token,
+        back = await Peer.connect(b.url, "alice", resume_token=token, received=alice.got,
                                   calls=[{"call_id": "x1", "peer": "bob", "media": ["audio"]}])
-        assert back.welcome["type"] == "connection_established"
+        assert back.welcome["resumed"] is True and back.welcome["received"] == 2  # her call_incoming and her chat
+        assert [(await back.expect("chat"))["text"] for _ in range(2)] == ["kept 2", "kept 3"]
+        assert await back.silent("chat")  # exactly once: nothing she had already
         await online(bob, "alice", "in_call")
         await back.send({"type": "webrtc_offer", "to": "bob", "call_id": "x1", "sdp": "v=0 after the kill"})
         assert (await bob.expect("webrtc_offer"))["sdp"] == "v=0 after the kill"
@@ -205,6 +216,18 @@ async def test_a_node_killed_mid_call(redis, tmp_path):
         assert b.hub.status("alice") == "in_call"
         del probe
         b.hub.check_invariants()
+
+
+def _kept(redis_url: str, text: str) -> bool:
+    """Whether some replay stream in Redis holds a message with this text."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    try:
+        return any(text.encode() in fields[b"t"] for key in r.scan_iter("callbox:replay:*")
+                   for _id, fields in r.xrange(key))
+    finally:
+        r.close()
 
 
 async def test_redis_restarted_under_the_nodes(redis):
