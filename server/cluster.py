@@ -6,8 +6,9 @@ presence), and takes back remote_presence, node_lost and forwarded. What lives i
   nodes          SET     the node ids of the cluster
   node:<id>      STRING  a node's heartbeat: set every HEARTBEAT seconds, expires after NODE_TTL
   users:<id>     HASH    user id -> that node's member record (presence, the resume token's hash, session start)
-  inbox:<id>     STREAM  everything for that node, in the order it was written: frames for its users, and the
-                         other nodes' presence changes
+  inbox:<id>     STREAM  everything for that node, in the order it was written: frames for its users, channel
+                         messages for its users' rooms, and the other nodes' presence changes (with each
+                         user's rooms and room call, from which a node keeps its copy of every room)
   session:<user> HASH    a session as another node resumes it: its token, name, counts, rooms, and which node
                          holds it and in which stream
   replay:<node>:<tag>    STREAM  the messages to one session not yet confirmed by its client, entry id = number
@@ -37,7 +38,7 @@ import orjson
 
 from shared import protocol as p
 
-from .hub import Action, Announce, Forward, Hub, Keep, Member
+from .hub import Action, Announce, Forward, Hub, Keep, Member, RoomFrame
 
 log = logging.getLogger("callbox.cluster")
 
@@ -75,13 +76,14 @@ def _client(url: str):
 
 
 def encode_members(members: Iterable[Member]) -> bytes:
-    return orjson.dumps([[m.info.user_id, m.info.display_name, m.info.status, m.info.key, m.token_hash, m.since]
-                         for m in members])
+    return orjson.dumps([[m.info.user_id, m.info.display_name, m.info.status, m.info.key, m.token_hash, m.since,
+                          m.rooms, m.room_call] for m in members])
 
 
 def decode_members(raw: bytes) -> list[Member]:
-    return [Member(p.UserInfo(user_id=u, display_name=n, status=s, key=k), h, since)
-            for u, n, s, k, h, since in orjson.loads(raw)]
+    return [Member(p.UserInfo(user_id=u, display_name=n, status=s, key=k), h, since, tuple(rooms),
+                   (call[0], call[1], tuple(call[2])) if call else None)
+            for u, n, s, k, h, since, rooms, call in orjson.loads(raw)]
 
 
 class Cluster:
@@ -144,7 +146,11 @@ class Cluster:
 
     # ------------------------------------------------------------ out: the hub's actions
 
-    def send(self, action: Forward | Keep | Announce) -> None:
+    def send(self, action: Forward | Keep | RoomFrame | Announce) -> None:
+        if isinstance(action, RoomFrame):
+            for node in self._alive():
+                self._hold(False, "xadd", self.key("inbox", node), {b"c": action.channel, b"t": action.text})
+            return
         if isinstance(action, Keep):
             stream = self._stream(action.user, action.tag)
             self._hold(False, "xadd", stream, {b"t": action.text}, f"{action.seq}-0")
@@ -162,7 +168,7 @@ class Cluster:
 
     def _tell_nodes(self, members: bytes, nodes: Iterable[str] | None = None) -> None:
         """Presence changes into the inboxes of the other nodes (all of those alive, unless named)."""
-        for node in nodes if nodes is not None else [n for n, gone in self._nodes.items() if gone is None]:
+        for node in nodes if nodes is not None else self._alive():
             self._hold(True, "xadd", self.key("inbox", node), {b"n": self.node, b"m": members})
 
     def _stream(self, user: str, tag: str) -> str:
@@ -190,6 +196,9 @@ class Cluster:
         after, self._after = self._after, []
         for send in after:
             send()
+
+    def _alive(self) -> list[str]:
+        return [n for n, gone in self._nodes.items() if gone is None]
 
     def _hold(self, presence: bool, *op) -> None:
         self._held.append((presence, *op))
@@ -398,6 +407,8 @@ class Cluster:
                     try:
                         if b"u" in fields:
                             self.apply(self.hub.forwarded(fields[b"u"].decode(), fields[b"t"].decode(), now))
+                        elif b"c" in fields:
+                            self.apply(self.hub.room_frame(fields[b"c"].decode(), fields[b"t"].decode(), now))
                         else:
                             # (a node first heard of here is met at the next heartbeat, which tells it ours)
                             self.apply(self.hub.remote_presence(fields[b"n"].decode(), decode_members(fields[b"m"]),

@@ -82,13 +82,21 @@ class Keep:
 
 
 @dataclass(frozen=True)
+class RoomFrame:
+    """A frame for the members of a channel on the other nodes of the cluster (they keep it in its history)."""
+
+    channel: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Announce:
     """This node's users whose presence changed (in a cluster: the other nodes are told)."""
 
     users: tuple[Member, ...]
 
 
-Action = Send | Broadcast | Close | Forward | Keep | Announce
+Action = Send | Broadcast | Close | Forward | Keep | RoomFrame | Announce
 
 
 @dataclass
@@ -161,6 +169,8 @@ class Member:
     info: p.UserInfo
     token_hash: str
     since: float
+    rooms: tuple[str, ...] = ()  # the channels it is in
+    room_call: tuple[str, str, tuple[str, ...]] | None = None  # the room call it is in: channel, call id, media
 
     def newer(self, node: str, than: Member | Session, than_node: str) -> bool:
         """Whether this session, on `node`, is newer than `than` on `than_node` (the node ids break a tie)."""
@@ -453,6 +463,9 @@ class Hub:
         for ch in record["channels"]:  # the rooms it was in, with their members on this node
             self.channels.setdefault(ch, set()).add(user)
             s.channels.add(ch)
+        for rc in self.room_calls.values():  # the room call it was in, as its node said
+            if user in rc.media:
+                self.in_room_call[user] = rc
         log.info("took over the session of %s from another node (%d messages to replay)", user, len(entries))
 
     def members(self) -> list[Member]:
@@ -490,7 +503,13 @@ class Hub:
         for ch, members in self.channels.items():
             assert members, f"empty channel {ch} kept"
             for u in members:
-                assert ch in self.sessions[u].channels
+                if u in self.sessions:
+                    assert ch in self.sessions[u].channels
+                else:
+                    assert ch in self.remote[u].member.rooms, f"{u} is in {ch} here but not on its node"
+        for u, r in self.remote.items():
+            for ch in r.member.rooms:
+                assert u in self.channels.get(ch, ()), f"{u} is in {ch} on its node but not here"
         in_room = {}
         for ch, rc in self.room_calls.items():
             assert rc.media, f"empty room call {rc.call_id} kept"
@@ -499,7 +518,11 @@ class Hub:
             for u in rc.media:
                 assert u in self.channels[ch], f"{u} is in the call of {ch} but not in {ch}"
                 assert u not in established, f"{u} is in a room call and a 1:1 call"
-                in_room[u] = rc
+                if u in self.sessions:
+                    in_room[u] = rc
+                else:
+                    assert self.remote[u].member.room_call == (ch, rc.call_id, rc.media[u]), \
+                        f"{u} is in the call of {ch} here but not on its node"
         assert in_room == self.in_room_call, "in_room_call out of step with room calls"
         assert len(self.room_call_ids) == len(self.room_calls)
 
@@ -584,7 +607,10 @@ class Hub:
                         batch=bool(msg.presence_batch), since=self._tick_clock())
             self.sessions[s.user_id] = s
             self._skeletons[skeleton(s.user_id)] = s.user_id
-            moved = self.remote.pop(s.user_id, None) is not None  # from another node: the newest session wins
+            away = self.remote.pop(s.user_id, None)  # it was on another node: the newest session wins
+            moved = away is not None
+            if moved:
+                self._reconcile(s.user_id, away.member, None)  # a fresh session is in no room
             s.status = ""
         listed = self._user_list() if s.batch else []
         self._out.append(Send(conn, p.ConnectionEstablished(
@@ -659,6 +685,7 @@ class Hub:
             self.remote[s.user_id] = RemoteUser(*shadow)
             self._skeletons[skeleton(s.user_id)] = s.user_id
             self._queue_presence(shadow[1].info)
+            self._reconcile(s.user_id, None, shadow[1])
 
     def _restore_calls(self, s: Session, claimed: Iterable[p.ActiveCall], now: float) -> None:
         """A client back after a server restart says which calls it is in; restore those both sides claim."""
@@ -723,7 +750,10 @@ class Hub:
                     # kept aside, for if the one here ends first.
                     self._shadows[uid] = (node, m)
                     continue
+                before = self._member(s, self._info(s))
                 self._moved_away(s, node)
+            else:
+                before = self.remote[uid].member if uid in self.remote else None
             r = self.remote.get(uid)
             if r is not None and r.node != node and (status == "offline" or not m.newer(node, r.member, r.node)):
                 continue
@@ -735,6 +765,7 @@ class Hub:
                 self._skeletons[skeleton(uid)] = uid
             self.remote[uid] = RemoteUser(node, m)
             self._queue_presence(m.info)
+            self._reconcile(uid, before, m)
             if status == "online":  # in no call on its node: a copy of one here is stale (it moved without it)
                 for call in [c for c in self.calls.values() if c.established and c.involves(uid)]:
                     self._end_call(call, uid)
@@ -777,8 +808,21 @@ class Hub:
             self._deliver(s, text)
         return self._take()
 
+    def room_frame(self, channel: str, text: str, now: float) -> list[Action]:
+        """A channel message from a member on another node: to the members here, and into the history."""
+        self._now = now
+        self._out = []
+        members = self.channels.get(channel)
+        if members:
+            self._deliver_all(members, text, channel)
+            self._keep(channel, text)
+        return self._take()
+
     def _relayed_in(self, user: str, msg: p.Relayed, now: float) -> bool:
         sender = msg.sender
+        rc = self.room_call_ids.get(msg.call_id)
+        if rc is not None:  # a room call's offer, answer or candidate
+            return sender in rc.media and user in rc.media
         if isinstance(msg, p.CallIncoming):
             if msg.call_id in self.calls or msg.call_id in self.room_call_ids or sender not in self.remote:
                 return False
@@ -825,9 +869,50 @@ class Hub:
         self._to_user(call.peer_of(gone), p.CallEnded(call_id=call.call_id, sender=gone, reason="peer_disconnected"))
         self._forget_call(call)
 
+    def _reconcile(self, uid: str, before: Member | None, after: Member | None) -> None:
+        """A user on another node joined or left rooms, or a room's call (as its node's word says): its members
+        here are told, as they would be of a user on this node."""
+        was, now = set(before.rooms) if before else set(), set(after.rooms) if after else set()
+        name = (after or before).info.display_name
+        old_call, new_call = before.room_call if before else None, after.room_call if after else None
+        if old_call is not None and old_call != new_call:
+            rc = self.room_call_ids.get(old_call[1])
+            if rc is not None and uid in rc.media:
+                self._leave_room_call(uid, rc, "left")
+        for ch in sorted(was - now):
+            members = self.channels.get(ch)
+            if members is None or uid not in members:
+                continue
+            members.discard(uid)
+            if members:
+                self._to_users(members, p.ChannelMember(channel=ch, user_id=uid, event="left", display_name=name))
+            else:
+                del self.channels[ch]
+                self.history.pop(ch, None)
+        for ch in sorted(now - was):
+            members = self.channels.setdefault(ch, set())
+            if uid not in members:
+                self._to_users(members, p.ChannelMember(channel=ch, user_id=uid, event="joined", display_name=name))
+                members.add(uid)
+        if new_call is not None and new_call != old_call:
+            channel, call_id, media = new_call
+            rc = self.room_calls.get(channel)
+            if rc is None and call_id not in self.room_call_ids and call_id not in self.calls:
+                rc = self.room_calls[channel] = self.room_call_ids[call_id] = RoomCall(call_id, channel)
+            if rc is None or rc.call_id != call_id or channel not in now:
+                # Two nodes began a call in this room at once: each keeps its own (see the README).
+                log.warning("%s is in call %s of room %s, which this node knows as %s", uid, call_id, channel,
+                            rc.call_id if rc else "no call")
+                return
+            rc.media[uid] = media
+            self._to_users(self.channels[channel], p.RoomCallMember(channel=channel, call_id=call_id, user_id=uid,
+                                                                    event="joined", media=media))
+
     def _remote_gone(self, uid: str) -> None:
-        """A user on another node is offline: end its calls with users here."""
-        info = self.remote.pop(uid).member.info
+        """A user on another node is offline: end its calls with users here, and it leaves its rooms."""
+        before = self.remote.pop(uid).member
+        info = before.info
+        self._reconcile(uid, before, None)
         self._skeletons.pop(skeleton(uid), None)
         for call in [c for c in self.calls.values() if c.involves(uid)]:
             self._end_call(call, uid)
@@ -851,13 +936,12 @@ class Hub:
             self.conns[s.conn].user = None
             self._close(s.conn, CLOSE_REPLACED, "replaced by a newer connection on another node")
         self.in_call.pop(s.user_id, None)
+        self.in_room_call.pop(s.user_id, None)  # it stays in its rooms and room call, now from that node
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             if call.peer_of(s.user_id) not in self.sessions:
                 self._forget_call(call)  # neither party is here any more
             elif not call.established:
                 self._end_call(call, s.user_id)
-        for ch in list(s.channels):
-            self._leave_channel(s, ch, "moved")
         for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
             del self.claims[call_id]
 
@@ -883,6 +967,9 @@ class Hub:
             out = p.ChannelMessage(channel=msg.channel, text=msg.text, sender=user, ts=round(self.wall(), 3))
             self._to_users(members, out, gap=msg.channel)
             self._keep(msg.channel, out.encode())
+            if self.config.cluster and len(members) > sum(u in self.sessions for u in members):
+                self._flush_members()
+                self._out.append(RoomFrame(msg.channel, out.encode()))
         elif isinstance(msg, p.Chat):
             self._chat(user, conn, msg)
         elif isinstance(msg, p.RoomCallJoin):
@@ -913,11 +1000,12 @@ class Hub:
                                                     display_name=s.display_name))
             members.add(user)
             s.channels.add(msg.channel)
+            self._share(s)
         members = self.channels[msg.channel]
         rc = self.room_calls.get(msg.channel)
         call = p.RoomCallInfo(call_id=rc.call_id, participants=rc.participants()) if rc is not None else None
         self._send(conn, p.Joined(channel=msg.channel, call=call,
-                                  members=tuple(self._info(self.sessions[u]) for u in sorted(members))))
+                                  members=tuple(self._info_of(u) for u in sorted(members))))
         if new:
             for text in self.history.get(msg.channel, ()):
                 self._record(s, text)  # numbered and kept like any message to this user
@@ -935,6 +1023,7 @@ class Hub:
         if rc is not None and rc.channel == channel:
             self._leave_room_call(s.user_id, rc, why)
         s.channels.discard(channel)
+        self._share(s)
         members = self.channels.get(channel)
         if members is None:
             return
@@ -996,10 +1085,11 @@ class Hub:
         self._to_users(self.channels[channel], p.RoomCallMember(channel=channel, call_id=rc.call_id,
                                                                 user_id=user, event="joined", media=media))
         self._refresh(self.sessions[user])
+        self._share(self.sessions[user])
 
     def _leave_room_call(self, user: str, rc: RoomCall, reason: str) -> None:
         del rc.media[user]
-        del self.in_room_call[user]
+        self.in_room_call.pop(user, None)
         members = [u for u in self.channels.get(rc.channel, ()) if u in self.sessions]  # a session ending is gone
         self._to_users(members, p.RoomCallMember(
             channel=rc.channel, call_id=rc.call_id, user_id=user, event="left", reason=reason))
@@ -1009,6 +1099,7 @@ class Hub:
         s = self.sessions.get(user)
         if s is not None:
             self._refresh(s)
+            self._share(s)
 
     # ---------------------------------------------------------------- calls
 
@@ -1148,10 +1239,28 @@ class Hub:
         return self._clock
 
     def _member(self, s: Session, info: p.UserInfo) -> Member:
-        return Member(info, s.tag, s.since)
+        rc = self.in_room_call.get(s.user_id)
+        return Member(info, s.tag, s.since, tuple(sorted(s.channels)),
+                      (rc.channel, rc.call_id, rc.media[s.user_id]) if rc is not None else None)
+
+    def _share(self, s: Session) -> None:
+        """The other nodes of a cluster are told the user's rooms and room call, with its presence."""
+        if self.config.cluster and s.user_id in self.sessions:
+            self._members[s.user_id] = self._member(s, self._info(s))
+            self._tick()
+
+    def _flush_members(self) -> None:
+        """Before a frame to another node: that node first hears of every change here, its sender's included."""
+        if self._members:
+            self._out.append(Announce(tuple(self._members.values())))
+            self._members = {}
 
     def _queue_presence(self, info: p.UserInfo) -> None:
         self._presence[info.user_id] = info
+        self._tick()
+
+    def _tick(self) -> None:
+        """What changed goes out at the next presence tick."""
         if self._presence_at is None and self.config.presence_tick > 0:
             self._presence_at = self._now + self.config.presence_tick
             self._due(self._presence_at, "presence", "")
@@ -1194,6 +1303,10 @@ class Hub:
         """Every user with a session, here or on another node."""
         return [*(self._info(o) for o in self.sessions.values()), *(r.member.info for r in self.remote.values())]
 
+    def _info_of(self, user: str) -> p.UserInfo:
+        s = self.sessions.get(user)
+        return self._info(s) if s is not None else self.remote[user].member.info
+
     def _info(self, s: Session) -> p.UserInfo:
         return p.UserInfo(user_id=s.user_id, display_name=s.display_name, status=self._derive_status(s), key=s.key)
 
@@ -1233,9 +1346,7 @@ class Hub:
         if s is None:
             r = self.remote.get(user)
             if r is not None:
-                if self._members:  # the other nodes first hear who is here, sender included, then what it says
-                    self._out.append(Announce(tuple(self._members.values())))
-                    self._members = {}
+                self._flush_members()
                 self._out.append(Forward(r.node, user, msg.encode()))
             return
         self._deliver(s, msg.encode())
@@ -1248,10 +1359,14 @@ class Hub:
     def _to_users(self, users: Iterable[str], msg: p.Message, *, gap: str | None = None) -> None:
         """The same message to several users; with `gap` (a channel), held back from those who cannot take
         it now, who are later told how many they missed there."""
-        text = msg.encode()
+        self._deliver_all(users, msg.encode(), gap)
+
+    def _deliver_all(self, users: Iterable[str], text: str, gap: str | None = None) -> None:
         conns = []
         for u in users:
-            s = self.sessions[u]
+            s = self.sessions.get(u)
+            if s is None:
+                continue  # on another node, which delivers it there
             if gap is not None and self._shed(s):
                 s.gaps[gap] = s.gaps.get(gap, 0) + 1
                 continue
@@ -1280,7 +1395,7 @@ class Hub:
         self._out.append(Close(conn, code, reason))
 
     def _take(self) -> list[Action]:
-        if self._presence and self.config.presence_tick <= 0:
+        if (self._presence or self._members) and self.config.presence_tick <= 0:
             self._flush_presence()
         out, self._out = self._out, []
         return out

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from server import HubConfig, SignalingServer
+from server.hub import RoomCall
 from tests.components import redis_server
 from tests.support import FAST, MS, Peer, eventually
 
@@ -140,6 +141,47 @@ async def test_a_stopped_nodes_users_reconnect_and_resume_elsewhere(redis):
         await back.send({"type": "webrtc_offer", "to": "bob", "call_id": "x1", "sdp": "v=0 again"})
         assert (await bob.expect("webrtc_offer"))["sdp"] == "v=0 again"
         b.hub.check_invariants()
+
+
+async def test_a_room_and_its_call_across_nodes(redis):
+    async with two_nodes(redis.url) as (a, b):
+        alice, carol = await Peer.connect(a.url, "alice"), await Peer.connect(a.url, "carol")
+        bob = await Peer.connect(b.url, "bob")
+        await online(alice, "bob")
+        await online(bob, "alice")
+        await alice.send({"type": "join", "channel": "lobby"})
+        await alice.expect("joined")
+        await eventually(lambda: "alice" in b.hub.channels.get("lobby", ()))
+        await bob.send({"type": "join", "channel": "lobby"})
+        joined = await bob.expect("joined")
+        assert [m["user_id"] for m in joined["members"]] == ["alice", "bob"]  # the member on the other node too
+        assert (await alice.expect("channel_member"))["user_id"] == "bob"
+
+        await alice.send({"type": "channel_message", "channel": "lobby", "text": "hello room"})
+        got = await bob.expect("channel_message")
+        assert (got["from"], got["text"]) == ("alice", "hello room")
+        await carol.send({"type": "join", "channel": "lobby"})  # history kept on each node, the other's too
+        assert [m["text"] for m in [await carol.expect("channel_message")]] == ["hello room"]
+
+        await alice.send({"type": "room_call_join", "channel": "lobby", "media": ["audio"]})
+        call_id = (await alice.expect("room_call_joined"))["call_id"]
+        await eventually(lambda: "alice" in b.hub.room_calls.get("lobby", RoomCall("", "")).media)
+        await bob.send({"type": "room_call_join", "channel": "lobby", "media": ["audio"]})
+        there = await bob.expect("room_call_joined")
+        assert there["call_id"] == call_id and [x["user_id"] for x in there["participants"]] == ["alice"]
+        member = await alice.expect("room_call_member", user_id="bob")
+        assert member["event"] == "joined" and member["call_id"] == call_id
+        await bob.send({"type": "webrtc_offer", "to": "alice", "call_id": call_id, "sdp": "v=0 room"})
+        assert (await alice.expect("webrtc_offer"))["from"] == "bob"
+        await online(carol, "bob", "in_call")
+
+        await bob.send({"type": "leave", "channel": "lobby"})
+        left = await alice.expect("channel_member", event="left")
+        assert left["user_id"] == "bob"
+        await eventually(lambda: set(a.hub.room_calls["lobby"].media) == {"alice"})
+        for hub in (a.hub, b.hub):
+            hub.check_invariants()
+        assert a.hub.channels["lobby"] == b.hub.channels["lobby"] == {"alice", "carol"}
 
 
 async def test_a_user_id_online_on_another_node_is_taken(redis):

@@ -1,5 +1,5 @@
 """Two hubs of one cluster joined by an in-memory broker that delivers late: random traffic keeps both hubs
-consistent, and once everything is delivered they agree on everyone."""
+consistent, and once everything is delivered they agree on everyone, every room and every room call."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.hub import Announce, Broadcast, Close, Forward, Hub, HubConfig, Send
+from server.hub import Announce, Broadcast, Close, Forward, Hub, HubConfig, RoomFrame, Send
 from tests.server.test_hub import messages
 
 NODES = ("n0", "n1")
@@ -41,10 +41,11 @@ class Cluster:
                 self.closed.add(a.conn)
             elif isinstance(a, Forward):
                 self.streams[a.node].append(("inbox", a.user, a.text))
-            elif isinstance(a, Announce):
+            elif isinstance(a, (Announce, RoomFrame)):
                 for other in NODES:
                     if other != node:
-                        self.streams[other].append(("presence", node, a.users))
+                        self.streams[other].append(("presence", node, a.users) if isinstance(a, Announce)
+                                                   else ("room", a.channel, a.text))
 
     def deliver(self, node: str, count: int) -> None:
         stream, hub = self.streams[node], self.hubs[node]
@@ -52,6 +53,8 @@ class Cluster:
             kind, *item = stream.popleft()
             if kind == "inbox":
                 self.run(node, hub.forwarded(*item, self.now))
+            elif kind == "room":
+                self.run(node, hub.room_frame(*item, self.now))
             else:
                 self.run(node, hub.remote_presence(*item, self.now))
 
@@ -166,6 +169,9 @@ def test_two_hubs_on_one_broker_keep_their_invariants_and_agree_once_settled(tic
     assert not n0.sessions.keys() & n1.sessions.keys(), "a user with a session on both nodes"
     for u in USERS:
         assert n0.status(u) == n1.status(u), f"the nodes disagree on {u}"
+    assert n0.channels == n1.channels, "the nodes disagree on who is in which room"
+    assert ({ch: (rc.call_id, rc.media) for ch, rc in n0.room_calls.items()}
+            == {ch: (rc.call_id, rc.media) for ch, rc in n1.room_calls.items()}), "the nodes disagree on room calls"
     for node, hub in c.hubs.items():  # every call with a party elsewhere has its copy there
         for call in hub.calls.values():
             for party in call.parties():
