@@ -16,7 +16,7 @@ from pathlib import Path
 from shared import __version__
 
 from .bindings import SqliteBindings, default_data_dir
-from .cluster import ClusterError
+from .cluster import ClusterError, forget_in_cluster
 from .hub import HubConfig
 from .transport import SignalingServer
 
@@ -176,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
         bindings = open_bindings(args.data_dir)
         released = bindings.forget(args.forget)
         bindings.close()
+        if args.redis:  # and for every node of the cluster
+            try:
+                released = forget_in_cluster(args.redis, args.forget) or released
+            except ClusterError as exc:
+                print(f"callbox-server: {exc}", file=sys.stderr)
+                return 1
         print(f"callbox-server: {args.forget!r} " + ("is released: the next key to prove it owns it" if released
                                                      else f"is not bound to any key in {bindings.path}"))
         return 0 if released else 1

@@ -12,6 +12,8 @@ presence), and takes back remote_presence, node_lost and forwarded. What lives i
   session:<user> HASH    a session as another node resumes it: its token, name, counts, rooms, and which node
                          holds it and in which stream
   replay:<node>:<tag>    STREAM  the messages to one session not yet confirmed by its client, entry id = number
+  bindings       HASH    user id -> the identity key that owns it, for every node (each keeps a copy in its own
+                         --data-dir, brought up to date before each hello)
 
 Exactly once across nodes: every message to a user is in its replay stream before it is written to the user's
 socket (the sends of a turn of the loop wait for that turn's pipeline), and the count of what the client sent
@@ -38,7 +40,7 @@ import orjson
 
 from shared import protocol as p
 
-from .hub import Action, Announce, Forward, Hub, Keep, Member, RoomFrame
+from .hub import Action, Announce, Bound, Forward, Hub, Keep, Member, RoomFrame
 
 log = logging.getLogger("callbox.cluster")
 
@@ -73,6 +75,24 @@ def _client(url: str):
         return aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=BLOCK_MS / 1000 + 2.0)
     except ValueError as exc:
         raise ClusterError(f"'{url}' is not a Redis URL (redis://HOST:PORT/DB): {exc}") from None
+
+
+def forget_in_cluster(url: str, user: str) -> bool:
+    """Release a user id's binding for every node (callbox-server --forget USER --redis URL)."""
+    try:
+        import redis
+    except ImportError:
+        raise ClusterError("--redis needs the redis package: pip install 'callbox[redis]'") from None
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+        try:
+            return bool(client.hdel(PREFIX + "bindings", user))
+        finally:
+            client.close()
+    except ValueError as exc:
+        raise ClusterError(f"'{url}' is not a Redis URL (redis://HOST:PORT/DB): {exc}") from None
+    except redis.RedisError as exc:
+        raise ClusterError(f"cannot reach Redis at {url}: {exc}") from None
 
 
 def encode_members(members: Iterable[Member]) -> bytes:
@@ -146,7 +166,10 @@ class Cluster:
 
     # ------------------------------------------------------------ out: the hub's actions
 
-    def send(self, action: Forward | Keep | RoomFrame | Announce) -> None:
+    def send(self, action: Forward | Keep | RoomFrame | Announce | Bound) -> None:
+        if isinstance(action, Bound):
+            self._hold(False, "hsetnx", self.key("bindings"), action.user, action.key)
+            return
         if isinstance(action, RoomFrame):
             for node in self._alive():
                 self._hold(False, "xadd", self.key("inbox", node), {b"c": action.channel, b"t": action.text})
@@ -258,21 +281,31 @@ class Cluster:
             if stream:
                 self._hold(False, "xtrim", stream, None, False, f"{record['confirmed'] + 1}-0")
 
-    async def take_over(self, raw: str | bytes) -> None:
-        """Before a hello that resumes a session this node does not have: if another node kept it in Redis, take
-        it over (Hub.adopt), with its replay stream, so that the hello resumes it here."""
+    async def before_hello(self, raw: str | bytes) -> None:
+        """Before a hello: the user id's binding to an identity key as the cluster has it; and if the hello
+        resumes a session this node does not have, which another node kept in Redis, that session, taken over
+        (Hub.adopt) with its replay stream, so that the hello resumes it here."""
         try:
             hello = orjson.loads(raw)
-            user, token = hello["user_id"], hello["resume_token"]
+            user = hello["user_id"]
         except (ValueError, TypeError, KeyError):
-            return  # not a resuming hello: the hub answers it
-        if hello.get("type") != "hello" or not isinstance(user, str) or not isinstance(token, str):
+            return  # not a hello: the hub answers it
+        if hello.get("type") != "hello" or not isinstance(user, str) or not self._up:
             return
-        if user in self.hub.sessions or not self._up:
-            return
+        token = hello.get("resume_token")
         try:
-            record = {k.decode(): v.decode() for k, v in (await self.redis.hgetall(self.key("session", user))).items()}
-            if record.get("token") != token:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hget(self.key("bindings"), user)
+            pipe.hgetall(self.key("session", user))
+            bound, record = await pipe.execute()
+            here = self.hub.bindings.key_of(user)
+            if bound is not None and here != bound.decode():  # bound on another node (first), or released here
+                self.hub.bindings.forget(user)
+                self.hub.bindings.bind(user, bound.decode())
+            elif bound is None and here is not None:  # bound here before Redis had it (or lost it)
+                self._hold(False, "hsetnx", self.key("bindings"), user, here)
+            record = {k.decode(): v.decode() for k, v in record.items()}
+            if not isinstance(token, str) or user in self.hub.sessions or record.get("token") != token:
                 return
             stream = record.get("replay", "")
             entries = await self.redis.xrange(stream) if stream else []

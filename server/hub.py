@@ -82,6 +82,14 @@ class Keep:
 
 
 @dataclass(frozen=True)
+class Bound:
+    """A user id is now bound to this identity key (in a cluster: for every node, in Redis)."""
+
+    user: str
+    key: str
+
+
+@dataclass(frozen=True)
 class RoomFrame:
     """A frame for the members of a channel on the other nodes of the cluster (they keep it in its history)."""
 
@@ -96,7 +104,7 @@ class Announce:
     users: tuple[Member, ...]
 
 
-Action = Send | Broadcast | Close | Forward | Keep | RoomFrame | Announce
+Action = Send | Broadcast | Close | Forward | Keep | RoomFrame | Announce | Bound
 
 
 @dataclass
@@ -584,6 +592,8 @@ class Hub:
             self._drop_session(old, now)
         if proven and bound is None:
             self.bindings.bind(msg.user_id, proven)
+            if cfg.cluster:
+                self._out.append(Bound(msg.user_id, proven))
             log.info("user id %s is now bound to key %s", msg.user_id, proven)
         cs = self.conns[conn]
         cs.user = msg.user_id

@@ -218,7 +218,7 @@ class SignalingServer:
         try:
             async for raw in ws:
                 if self.cluster is not None and ws in self.hub.conns and self.hub.conns[ws].user is None:
-                    await self.cluster.take_over(raw)  # a session another node kept, resumed here
+                    await self.cluster.before_hello(raw)  # the user's binding, and its session if another node kept it
                 try:
                     actions = self.hub.receive(ws, raw, loop.time())
                 except Exception:  # a bug in the hub must not take the connection down with it

@@ -184,6 +184,27 @@ async def test_a_room_and_its_call_across_nodes(redis):
         assert a.hub.channels["lobby"] == b.hub.channels["lobby"] == {"alice", "carol"}
 
 
+async def test_a_user_ids_key_binds_it_on_every_node_and_forget_releases_it_everywhere(redis, tmp_path):
+    from tests.server.test_identity import ALICE, MALLORY, keyed
+
+    async with two_nodes(redis.url) as (a, b):
+        alice = await keyed(a.url, "alice", ALICE)
+        await alice.send({"type": "bye"})
+        await alice.closed()
+        await eventually(lambda: "alice" not in b.hub.remote)
+        impostor = await keyed(b.url, "alice", MALLORY)  # the other node, where alice never was
+        assert impostor.welcome["code"] == "key_mismatch"
+        assert (await keyed(b.url, "alice", ALICE)).welcome["type"] == "connection_established"
+    # Fresh nodes know nothing of alice but what Redis has: her key, until the operator releases the id.
+    async with two_nodes(redis.url) as (a, b):
+        assert (await keyed(b.url, "alice", MALLORY)).welcome["code"] == "key_mismatch"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "server", "--forget", "alice", "--redis",
+                                                redis.url, "--data-dir", str(tmp_path), stdout=asyncio.subprocess.PIPE)
+    assert await proc.wait() == 0
+    async with two_nodes(redis.url) as (a, b):
+        assert (await keyed(b.url, "alice", MALLORY)).welcome["type"] == "connection_established"
+
+
 async def test_a_user_id_online_on_another_node_is_taken(redis):
     async with two_nodes(redis.url) as (a, b):
         await Peer.connect(a.url, "alice")
