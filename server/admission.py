@@ -10,6 +10,11 @@ log = logging.getLogger("callbox.server")
 
 FD_RESERVE = 64  # open files kept free for the listening sockets, logs, TLS and the rest of the process
 ACCEPT_BACKLOG = 100  # asyncio accepts up to this many connections in one go before any of them is looked at
+# The kernel's queue of connections waiting for accept() (listen(2); Linux caps it at net.core.somaxconn). A
+# reconnect storm overflows a short one, and each dropped SYN costs its client a TCP retransmit (1 s, then 3 s...).
+# It is set apart from ACCEPT_BACKLOG: a batch of accepts that large would stall the loop on handshakes whose
+# clients have given up.
+LISTEN_QUEUE = 4096
 
 
 class EverySecond:

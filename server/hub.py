@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import hmac
@@ -37,6 +38,7 @@ RING_SLACK = 5.0  # in a cluster, seconds the callee's node lets a call ring pas
 HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
 HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
 PRESENCE_BATCH_BYTES = 64 * 1024  # a presence_batch frame is cut before it grows past this
+TICK_CONNECTIONS, MAX_TICK = 1000, 0.5  # the presence tick grows with the connections (Hub._tick)
 
 
 # ---- what the hub asks the transport to do, in order ----
@@ -427,59 +429,6 @@ class Hub:
         """The established call this user is in, if any (kept in a dict: a welcome asks it for every user)."""
         return self.in_call.get(user_id)
 
-    def rewrite_records(self) -> None:
-        """Every session record is to be written again (server.cluster, after Redis lost them)."""
-        self._dirty.update(self.sessions)
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self._dirty)
-
-    def take_dirty(self) -> list[tuple[str, dict | None]]:
-        """The session records that changed since last asked: user -> what another node needs to resume it
-        (server.cluster), or None when the session is no longer here."""
-        dirty, self._dirty = self._dirty, set()
-        out = []
-        for user in dirty:
-            s = self.sessions.get(user)
-            out.append((user, None if s is None else {
-                "token": s.resume_token, "name": s.display_name, "key": s.key or "", "since": s.since,
-                "received": s.received, "sent": s.replay.sent,
-                "confirmed": s.replay.entries[0][0] - 1 if s.replay.entries else s.replay.sent,
-                "channels": sorted(s.channels),
-            }))
-        return out
-
-    def adopt(self, user: str, record: dict, entries: list[tuple[int, str]], now: float) -> None:
-        """Take over a session another node of the cluster kept in Redis (its record and what its replay log
-        held), as a reconnecting session here: the hello that follows resumes it as on the node it came from,
-        with exactly what its client did not get."""
-        if user in self.sessions:
-            return
-        cfg = self.config
-        s = Session(user, record["name"], record["token"], None,
-                    ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=record["key"] or None,
-                    since=self._tick_clock(), received=record["received"])  # a newer incarnation of it
-        s.replay.restore(entries, record["sent"])
-        self._dirty.add(user)
-        s.deadline = now + max(cfg.resume_grace, 1.0)
-        self._due(s.deadline, "session", user)
-        self.sessions[user] = s
-        self._skeletons[skeleton(user)] = user
-        self.remote.pop(user, None)
-        s.status = ""
-        for ch in record["channels"]:  # the rooms it was in, with their members on this node
-            self.channels.setdefault(ch, set()).add(user)
-            s.channels.add(ch)
-        for rc in self.room_calls.values():  # the room call it was in, as its node said
-            if user in rc.media:
-                self.in_room_call[user] = rc
-        log.info("took over the session of %s from another node (%d messages to replay)", user, len(entries))
-
-    def members(self) -> list[Member]:
-        """This node's users as a cluster's other nodes know them (server.cluster, when it resynchronises)."""
-        return [self._member(s, self._info(s)) for s in self.sessions.values()]
-
     def check_invariants(self) -> None:
         """Raise AssertionError if the state is inconsistent. Used by the property tests."""
         for uid, s in self.sessions.items():
@@ -741,6 +690,59 @@ class Hub:
 
     # ---------------------------------------------------------------- other nodes of a cluster (server.cluster)
 
+    def rewrite_records(self) -> None:
+        """Every session record is to be written again (server.cluster, after Redis lost them)."""
+        self._dirty.update(self.sessions)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty)
+
+    def take_dirty(self) -> list[tuple[str, dict | None]]:
+        """The session records that changed since last asked: user -> what another node needs to resume it
+        (server.cluster), or None when the session is no longer here."""
+        dirty, self._dirty = self._dirty, set()
+        out = []
+        for user in dirty:
+            s = self.sessions.get(user)
+            out.append((user, None if s is None else {
+                "token": s.resume_token, "name": s.display_name, "key": s.key or "", "since": s.since,
+                "received": s.received, "sent": s.replay.sent,
+                "confirmed": s.replay.entries[0][0] - 1 if s.replay.entries else s.replay.sent,
+                "channels": sorted(s.channels),
+            }))
+        return out
+
+    def adopt(self, user: str, record: dict, entries: list[tuple[int, str]], now: float) -> None:
+        """Take over a session another node of the cluster kept in Redis (its record and what its replay log
+        held), as a reconnecting session here: the hello that follows resumes it as on the node it came from,
+        with exactly what its client did not get."""
+        if user in self.sessions:
+            return
+        cfg = self.config
+        s = Session(user, record["name"], record["token"], None,
+                    ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=record["key"] or None,
+                    since=self._tick_clock(), received=record["received"])  # a newer incarnation of it
+        s.replay.restore(entries, record["sent"])
+        self._dirty.add(user)
+        s.deadline = now + max(cfg.resume_grace, 1.0)
+        self._due(s.deadline, "session", user)
+        self.sessions[user] = s
+        self._skeletons[skeleton(user)] = user
+        self.remote.pop(user, None)
+        s.status = ""
+        for ch in record["channels"]:  # the rooms it was in, with their members on this node
+            self.channels.setdefault(ch, set()).add(user)
+            s.channels.add(ch)
+        for rc in self.room_calls.values():  # the room call it was in, as its node said
+            if user in rc.media:
+                self.in_room_call[user] = rc
+        log.info("took over the session of %s from another node (%d messages to replay)", user, len(entries))
+
+    def members(self) -> list[Member]:
+        """This node's users as a cluster's other nodes know them (server.cluster, when it resynchronises)."""
+        return [self._member(s, self._info(s)) for s in self.sessions.values()]
+
     def remote_presence(self, node: str, members: Iterable[Member], now: float) -> list[Action]:
         """Users on another node changed, as its broker messages say. The newest session wins: a user that
         comes online on one node has left whichever it was on before, and what that one says of it is stale."""
@@ -795,7 +797,7 @@ class Hub:
                 continue
             info = p.UserInfo(user_id=uid, display_name=r.member.info.display_name, status="reconnecting",
                               key=r.member.info.key)
-            r.member = Member(info, r.member.token_hash, r.member.since)
+            r.member = dataclasses.replace(r.member, info=info)
             r.deadline = now + self.config.resume_grace
             self._due(r.deadline, "remote", uid)
             self._queue_presence(info)
@@ -1270,9 +1272,11 @@ class Hub:
         self._tick()
 
     def _tick(self) -> None:
-        """What changed goes out at the next presence tick."""
+        """What changed goes out at the next presence tick: presence_tick long, and as long again for every
+        TICK_CONNECTIONS connections past the first (at most MAX_TICK), since a tick costs a frame to each."""
         if self._presence_at is None and self.config.presence_tick > 0:
-            self._presence_at = self._now + self.config.presence_tick
+            tick = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
+            self._presence_at = self._now + min(tick, MAX_TICK)
             self._due(self._presence_at, "presence", "")
 
     def _flush_presence(self) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import socket
 import ssl
 import weakref
 from collections.abc import Iterable
@@ -17,7 +19,7 @@ from websockets.http11 import Request, Response
 from shared import __version__
 from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 
-from .admission import ACCEPT_BACKLOG, Admission, EverySecond, connection_cap, raise_open_file_limit
+from .admission import ACCEPT_BACKLOG, LISTEN_QUEUE, Admission, EverySecond, connection_cap, raise_open_file_limit
 from .bindings import Bindings
 from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
 
@@ -153,6 +155,9 @@ class SignalingServer:
             backlog=ACCEPT_BACKLOG,
             write_limit=(CONGESTED_HIGH, CONGESTED_LOW),
         )
+        for listening in self._server.sockets:  # the kernel's queue; asyncio still accepts ACCEPT_BACKLOG at a time
+            with socket.socket(fileno=os.dup(listening.fileno())) as sock:
+                sock.listen(LISTEN_QUEUE)
         log.info("callbox-server %s listening on %s", __version__, self.url)
         if self.cluster is not None:
             await self.cluster.start(self.url)
