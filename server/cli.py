@@ -16,7 +16,6 @@ from pathlib import Path
 from shared import __version__
 
 from .bindings import SqliteBindings, default_data_dir
-from .cluster import ClusterError, forget_in_cluster
 from .hub import HubConfig
 from .transport import SignalingServer
 
@@ -127,10 +126,14 @@ def make_server(args: argparse.Namespace) -> SignalingServer:
         max_unauthenticated=args.max_unauthenticated,
         max_unauthenticated_per_ip=args.max_unauthenticated_per_ip,
     )
+    options = dict(config=config, ping_timeout=args.ping_timeout, ssl_context=context, compression=args.deflate,
+                   allow_origins=args.allow_origin, bindings=open_bindings(args.data_dir))
+    if not args.redis:
+        return SignalingServer(args.host, args.port, **options)
+    from .cluster import ClusterError  # only here: without --redis, redis-py is never imported
+
     try:
-        return SignalingServer(args.host, args.port, config=config, ping_timeout=args.ping_timeout,
-                               ssl_context=context, compression=args.deflate, allow_origins=args.allow_origin,
-                               bindings=open_bindings(args.data_dir), redis=args.redis)
+        return SignalingServer(args.host, args.port, redis=args.redis, **options)
     except ClusterError as exc:
         raise SystemExit(f"callbox-server: {exc}") from None
 
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         released = bindings.forget(args.forget)
         bindings.close()
         if args.redis:  # and for every node of the cluster
+            from .cluster import ClusterError, forget_in_cluster
+
             try:
                 released = forget_in_cluster(args.redis, args.forget) or released
             except ClusterError as exc:

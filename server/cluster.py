@@ -51,6 +51,12 @@ INBOX_LEN = 10_000  # entries an inbox keeps, about (XADD MAXLEN ~)
 HELD = 100_000  # writes held while Redis is unreachable; past it the oldest are dropped (and logged)
 BLOCK_MS = 1000  # how long a read waits for new entries
 READ_COUNT = 1000  # entries read at once
+# Binds a user id to a key unless it is bound already ("" marks one released by callbox-server --forget).
+BIND = """
+local bound = redis.call('HGET', KEYS[1], ARGV[1])
+if not bound or bound == '' then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 0
+"""
 # Removes a session record, and its replay stream, only if this node still holds it: one that moved on is not.
 FORGET = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then
@@ -85,8 +91,10 @@ def forget_in_cluster(url: str, user: str) -> bool:
         raise ClusterError("--redis needs the redis package: pip install 'callbox[redis]'") from None
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
-        try:
-            return bool(client.hdel(PREFIX + "bindings", user))
+        try:  # "" rather than nothing: each node drops its own copy when it sees that
+            released = bool(client.hget(PREFIX + "bindings", user))
+            client.hset(PREFIX + "bindings", user, "")
+            return released
         finally:
             client.close()
     except ValueError as exc:
@@ -124,6 +132,7 @@ class Cluster:
         self._position = b"0-0"  # the last entry read from the inbox
         self._held: list[tuple] = []  # writes not yet made: (presence?, command, *args)
         self._after: list[Callable[[], None]] = []  # the sends waiting for the writes before them
+        self._dropped = 0  # writes dropped past HELD while Redis was unreachable
         self._writer: asyncio.Task | None = None
         self._streams: dict[str, str] = {}  # user -> the replay stream this node writes for its session
         self._tasks: list[asyncio.Task] = []
@@ -152,9 +161,10 @@ class Cluster:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=2.0)
         try:
-            if self._writer is not None:
-                await asyncio.wait_for(self._writer, 2.0)
-            await asyncio.wait_for(self._write(), 2.0)
+            writer = self._start_writer()
+            if writer is not None:
+                await asyncio.wait_for(writer, 2.0)  # everything held goes out, and the sends waiting for it
+            self._run_after()
             pipe = self.redis.pipeline(transaction=False)
             pipe.delete(self.key("node", self.node), self.key("users", self.node), self._inbox)
             pipe.srem(self.key("nodes"), self.node)
@@ -168,7 +178,7 @@ class Cluster:
 
     def send(self, action: Forward | Keep | RoomFrame | Announce | Bound) -> None:
         if isinstance(action, Bound):
-            self._hold(False, "hsetnx", self.key("bindings"), action.user, action.key)
+            self._hold(False, "bind", self.key("bindings"), action.user, action.key)
             return
         if isinstance(action, RoomFrame):
             for node in self._alive():
@@ -189,10 +199,12 @@ class Cluster:
             self._hold(True, "hdel", self.key("users", self.node), *gone)
         self._tell_nodes(encode_members(action.users))
 
-    def _tell_nodes(self, members: bytes, nodes: Iterable[str] | None = None) -> None:
-        """Presence changes into the inboxes of the other nodes (all of those alive, unless named)."""
+    def _tell_nodes(self, members: bytes, nodes: Iterable[str] | None = None, *, full: bool = False) -> None:
+        """Presence changes into the inboxes of the other nodes (all of those alive, unless named); `full`: these
+        are all of this node's users, and any other the receiver has of it is gone."""
+        fields = {b"n": self.node, b"m": members, **({b"s": b"1"} if full else {})}
         for node in nodes if nodes is not None else self._alive():
-            self._hold(True, "xadd", self.key("inbox", node), {b"n": self.node, b"m": members})
+            self._hold(False, "xadd", self.key("inbox", node), fields)
 
     def _stream(self, user: str, tag: str) -> str:
         """The replay stream of this session here; one of an earlier session of the user goes."""
@@ -206,31 +218,37 @@ class Cluster:
 
     def defer(self, send: Callable[[], None]) -> None:
         """Run `send` once everything held before it is in Redis (at once while Redis is unreachable: the node
-        serves its users alone then, and exactly-once across nodes waits for Redis)."""
-        if not self._up:
+        serves its users alone then, and exactly-once across nodes waits for Redis). In order, always."""
+        if not self._up and self._writer is None:
             self._run_after()
             send()
             return
         self._after.append(send)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._start_writer()
 
     def _run_after(self) -> None:
         after, self._after = self._after, []
         for send in after:
             send()
 
+    def _start_writer(self) -> asyncio.Task | None:
+        """The one writer: started if there is something to write and Redis answers, else the running one."""
+        if self._writer is None and self._up:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
+        return self._writer
+
     def _alive(self) -> list[str]:
         return [n for n, gone in self._nodes.items() if gone is None]
 
-    def _hold(self, presence: bool, *op) -> None:
-        self._held.append((presence, *op))
+    def _hold(self, superseded: bool, *op) -> None:
+        """A write for Redis, in order; `superseded`: one that a resync makes afresh (this node's users hash)."""
+        self._held.append((superseded, *op))
         if len(self._held) > HELD:
+            if not self._dropped:
+                log.warning("redis unreachable: dropping the oldest writes past %d", HELD)
+            self._dropped += len(self._held) - HELD
             del self._held[: len(self._held) - HELD]
-            log.warning("redis unreachable: dropped the oldest writes past %d", HELD)
-        if self._up and self._writer is None:
-            # Everything held by the end of this turn of the loop goes out in one pipeline.
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        self._start_writer()  # everything held by the end of this turn of the loop goes out in one pipeline
 
     async def _write(self) -> None:
         """Everything held, in order, in pipelines (kept for the next try if Redis does not take it), each
@@ -248,6 +266,8 @@ class Cluster:
                             pipe.xadd(args[0], fields, *entry_id, maxlen=self._maxlen(args[0]), approximate=True)
                         elif name == "forget":
                             pipe.eval(FORGET, 1, *args)
+                        elif name == "bind":
+                            pipe.eval(BIND, 1, *args)
                         else:
                             getattr(pipe, name)(*args)
                     for result in await pipe.execute(raise_on_error=False) if ops else ():
@@ -261,6 +281,8 @@ class Cluster:
                         send()
         finally:
             self._writer = None
+            if not self._up:
+                self._run_after()  # deferred while this pipeline failed: they go now, after those before them
 
     def _maxlen(self, stream: str) -> int:
         return INBOX_LEN if stream.startswith(self.key("inbox")) else self.hub.config.queue_limit
@@ -271,6 +293,7 @@ class Cluster:
             key = self.key("session", user)
             if record is None:
                 self._hold(False, "forget", key, self.node)
+                self._hold(False, "srem", self.key("sessions", self.node), user)
                 stream = self._streams.pop(user, None)
                 if stream is not None:
                     self._hold(False, "delete", stream)
@@ -278,6 +301,7 @@ class Cluster:
             stream = self._streams.get(user, "")
             record.update(node=self.node, replay=stream, channels=orjson.dumps(record["channels"]))
             self._hold(False, "hset", key, None, None, record)
+            self._hold(False, "sadd", self.key("sessions", self.node), user)
             if stream:
                 self._hold(False, "xtrim", stream, None, False, f"{record['confirmed'] + 1}-0")
 
@@ -299,11 +323,13 @@ class Cluster:
             pipe.hgetall(self.key("session", user))
             bound, record = await pipe.execute()
             here = self.hub.bindings.key_of(user)
-            if bound is not None and here != bound.decode():  # bound on another node (first), or released here
+            if bound == b"":  # released (callbox-server --forget): here too
+                self.hub.bindings.forget(user)
+            elif bound is not None and here != bound.decode():  # bound on another node (first)
                 self.hub.bindings.forget(user)
                 self.hub.bindings.bind(user, bound.decode())
             elif bound is None and here is not None:  # bound here before Redis had it (or lost it)
-                self._hold(False, "hsetnx", self.key("bindings"), user, here)
+                self._hold(False, "bind", self.key("bindings"), user, here)
             record = {k.decode(): v.decode() for k, v in record.items()}
             if not isinstance(token, str) or user in self.hub.sessions or record.get("token") != token:
                 return
@@ -342,17 +368,19 @@ class Cluster:
                 if added or not self._up:  # the set had lost us (Redis restarted, or this node is new), or back
                     await self._resync()
                 await self._check_nodes({m.decode() for m in members} - {self.node})
-                if self._held and self._writer is None:
-                    await self._write()
+                if self._held or self._after:
+                    self._start_writer()  # what waited for Redis to come back
             except (OSError, TimeoutError, _RedisError) as exc:
                 self._lost(exc)
+            except Exception:  # a bug, or a record in Redis that is not ours: the heartbeat must go on
+                log.exception("the cluster's heartbeat failed")
             await self._pause(self.heartbeat)
 
     def _lost(self, exc: BaseException) -> None:
         now = asyncio.get_running_loop().time()
         if self._up or self._down_since is None:
             log.warning("redis at %s is unreachable (%s); serving this node's users alone until it is back",
-                        self.url, exc or type(exc).__name__)
+                        self.url, str(exc) or type(exc).__name__)
             self._down_since = now
         self._up = False
         if now - self._down_since >= self.ttl:
@@ -372,6 +400,7 @@ class Cluster:
         # What was held of this node's presence is older than what is written now; frames for users elsewhere
         # still go. Every session here is written again, with its replay stream (Redis may have lost them).
         self._held = [op for op in self._held if not op[0]]
+        self._dropped = 0
         for user, s in self.hub.sessions.items():
             self._streams.pop(user, None)
             stream = self._stream(user, s.tag)
@@ -406,18 +435,21 @@ class Cluster:
                 if snapshot or not known or gone is not None:
                     raw = await self.redis.hgetall(self.key("users", node))
                     self.apply(self.hub.remote_presence(node, [m for v in raw.values() for m in decode_members(v)],
-                                                        now))
-                    self._tell_nodes(encode_members(self.hub.members()), [node])
+                                                        now, full=True))
+                    self._tell_nodes(encode_members(self.hub.members()), [node], full=True)
             elif known and gone is None and now >= self._settle_until:
                 self._nodes[node] = now
                 log.info("node %s has no heartbeat: its users are reconnecting", node)
                 self.apply(self.hub.node_lost(node, now))
             elif gone is not None and now - gone > self.hub.config.resume_grace + self.ttl:
-                # Long gone: whoever notices first clears what it left.
+                # Long gone: whoever notices first clears what it left, the sessions nobody took over included.
                 del self._nodes[node]
+                sessions = await self.redis.smembers(self.key("sessions", node))
                 pipe = self.redis.pipeline(transaction=False)
+                for user in sessions:
+                    pipe.eval(FORGET, 1, self.key("session", user.decode()), node)
                 pipe.srem(self.key("nodes"), node)
-                pipe.delete(self.key("users", node), self.key("inbox", node))
+                pipe.delete(self.key("users", node), self.key("inbox", node), self.key("sessions", node))
                 await pipe.execute()
 
     # ------------------------------------------------------------ in: what other nodes wrote
@@ -445,9 +477,11 @@ class Cluster:
                         else:
                             # (a node first heard of here is met at the next heartbeat, which tells it ours)
                             self.apply(self.hub.remote_presence(fields[b"n"].decode(), decode_members(fields[b"m"]),
-                                                                now))
+                                                                now, full=b"s" in fields))
                     except (KeyError, ValueError, TypeError, p.ProtocolError) as exc:
                         log.warning("skipped a malformed entry %s in %s: %s", entry_id, self._inbox, exc)
+                    except Exception:  # a bug: the entry is skipped, the node reads on
+                        log.exception("failed on entry %s in %s", entry_id, self._inbox)
 
 
 def _report(task: asyncio.Task) -> None:

@@ -637,7 +637,8 @@ class Hub:
         for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
             del self.claims[call_id]
         self._announce(s, "offline")
-        self._dirty.add(s.user_id)
+        if self.config.cluster:
+            self._dirty.add(s.user_id)
         log.info("user %s is offline", s.user_id)
         shadow = self._shadows.pop(s.user_id, None)
         if shadow is not None:  # the older session on another node had not yielded yet: it is the one now
@@ -723,7 +724,7 @@ class Hub:
         s = Session(user, record["name"], record["token"], None,
                     ReplayLog(self.replay, cfg.queue_limit, cfg.replay_bytes), key=record["key"] or None,
                     since=self._tick_clock(), received=record["received"])  # a newer incarnation of it
-        s.replay.restore(entries, record["sent"])
+        s.replay.restore(entries, max(record["sent"], entries[-1][0] if entries else 0))  # the stream is newer
         self._dirty.add(user)
         s.deadline = now + max(cfg.resume_grace, 1.0)
         self._due(s.deadline, "session", user)
@@ -743,11 +744,17 @@ class Hub:
         """This node's users as a cluster's other nodes know them (server.cluster, when it resynchronises)."""
         return [self._member(s, self._info(s)) for s in self.sessions.values()]
 
-    def remote_presence(self, node: str, members: Iterable[Member], now: float) -> list[Action]:
-        """Users on another node changed, as its broker messages say. The newest session wins: a user that
-        comes online on one node has left whichever it was on before, and what that one says of it is stale."""
+    def remote_presence(self, node: str, members: Iterable[Member], now: float, *, full: bool = False) -> list[Action]:
+        """Users on another node changed, as its broker messages say (with `full`: these are all of its users,
+        and any other is gone from it). The newest session wins: a user that comes online on one node has left
+        whichever it was on before, and what that one says of it is stale."""
         self._now = now
         self._out = []
+        members = list(members)
+        if full:
+            listed = {m.info.user_id for m in members}
+            for uid in [u for u, r in self.remote.items() if r.node == node and u not in listed]:
+                self._remote_gone(uid)
         for m in members:
             uid, status = m.info.user_id, m.info.status
             self._clock = max(self._clock, m.since)
@@ -940,8 +947,8 @@ class Hub:
         self._shadows.pop(s.user_id, None)
         self._dirty.add(s.user_id)
         s.replay.clear()
-        # The other nodes are told it is gone from here (they read the move before this, in the one presence
-        # stream; without it one that had taken the newer session for gone would keep this one).
+        # The other nodes are told it is gone from here (each read the move before this, in its inbox; without
+        # it one that had taken the newer session for gone would keep this one).
         self._members[s.user_id] = self._member(s, p.UserInfo(user_id=s.user_id, display_name=s.display_name,
                                                               status="offline", key=s.key))
         if s.conn is not None:
@@ -1276,7 +1283,7 @@ class Hub:
         TICK_CONNECTIONS connections past the first (at most MAX_TICK), since a tick costs a frame to each."""
         if self._presence_at is None and self.config.presence_tick > 0:
             tick = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
-            self._presence_at = self._now + min(tick, MAX_TICK)
+            self._presence_at = self._now + min(tick, max(MAX_TICK, self.config.presence_tick))
             self._due(self._presence_at, "presence", "")
 
     def _flush_presence(self) -> None:

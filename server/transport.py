@@ -223,7 +223,10 @@ class SignalingServer:
         try:
             async for raw in ws:
                 if self.cluster is not None and ws in self.hub.conns and self.hub.conns[ws].user is None:
-                    await self.cluster.before_hello(raw)  # the user's binding, and its session if another node kept it
+                    try:
+                        await self.cluster.before_hello(raw)  # the user's binding; its session, if kept elsewhere
+                    except Exception:  # a record in Redis that is not ours: the hello is answered all the same
+                        log.exception("could not look up %s in the cluster", peer)
                 try:
                     actions = self.hub.receive(ws, raw, loop.time())
                 except Exception:  # a bug in the hub must not take the connection down with it

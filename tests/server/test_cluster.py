@@ -253,10 +253,11 @@ async def test_a_node_killed_mid_call_resumes_elsewhere_exactly(redis, tmp_path)
             await online(alice, "bob")
             await alice.call(bob, "x1")
             await online(bob, "alice", "in_call")
-            await bob.send({"type": "chat", "to": "alice", "id": "m1", "text": "got this one"})
-            await alice.expect("chat")
             await alice.send({"type": "chat", "to": "bob", "id": "a1", "text": "and this one"})
             await bob.expect("chat")
+            # after her last frame: the node's record of what it sent her is older than this
+            await bob.send({"type": "chat", "to": "alice", "id": "m1", "text": "got this one"})
+            await alice.expect("chat")
             alice.cut()  # her connection drops; the node keeps what comes for her
             await online(bob, "alice", "reconnecting")
             for n in (2, 3):
@@ -299,18 +300,23 @@ async def test_redis_restarted_under_the_nodes(redis):
     everyone again and can call across once more."""
     async with two_nodes(redis.url, resume_grace=10.0) as (a, b):
         alice, dave = await Peer.connect(a.url, "alice"), await Peer.connect(a.url, "dave")
+        erin = await Peer.connect(a.url, "erin")
         bob = await Peer.connect(b.url, "bob")
         await online(bob, "alice")
+        await online(bob, "erin")
         await online(alice, "bob")
         resyncs = a.cluster.resyncs, b.cluster.resyncs
         redis.stop()
         await online(bob, "alice", "reconnecting", timeout=5.0)
         await alice.call(dave, "local")  # one node alone still does everything among its own users
+        await erin.send({"type": "bye"})  # gone while Redis was: the other node hears it at the resync
         redis.start()
         await eventually(lambda: a.cluster.resyncs > resyncs[0] and b.cluster.resyncs > resyncs[1], 5.0)
         await online(bob, "alice", "in_call", timeout=5.0)
         await online(bob, "dave", "in_call", timeout=5.0)
         await online(alice, "bob", timeout=5.0)
+        await online(bob, "erin", "offline", timeout=5.0)
+        assert "erin" not in b.hub.remote
         carol = await Peer.connect(b.url, "carol")
         await online(dave, "carol")
         await dave.send({"type": "call_ended", "to": "alice", "call_id": "local", "reason": "hangup"})

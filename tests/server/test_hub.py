@@ -79,6 +79,13 @@ def test_ring_timeout_uses_the_clock_it_is_given():
     assert w.hub.calls == {} and w.hub.next_deadline() is None
 
 
+def test_a_single_server_keeps_no_cluster_records():
+    w = Wire()
+    w.login("ann")
+    w.send("ann", type="bye")
+    assert not w.hub.dirty and not w.hub.take_dirty()  # only a node of a cluster writes session records
+
+
 def test_grace_then_offline_ends_calls():
     w = Wire(resume_grace=5)
     w.login("alice"), w.login("bob")
