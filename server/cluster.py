@@ -12,6 +12,7 @@ presence), and takes back remote_presence, node_lost and forwarded. What lives i
   session:<user> HASH    a session as another node resumes it: its token, name, counts, rooms, and which node
                          holds it and in which stream
   replay:<node>:<tag>    STREAM  the messages to one session not yet confirmed by its client, entry id = number
+  sessions:<id>  SET     the users whose session record that node wrote (so a dead node's can be cleared)
   bindings       HASH    user id -> the identity key that owns it, for every node (each keeps a copy in its own
                          --data-dir, brought up to date before each hello)
 
@@ -130,7 +131,7 @@ class Cluster:
         self.reader = _client(url)  # its own connection: a blocking read must not hold up the writes
         self._inbox = self.key("inbox", self.node)
         self._position = b"0-0"  # the last entry read from the inbox
-        self._held: list[tuple] = []  # writes not yet made: (presence?, command, *args)
+        self._held: list[tuple] = []  # writes not yet made: (superseded by a resync?, command, *args)
         self._after: list[Callable[[], None]] = []  # the sends waiting for the writes before them
         self._dropped = 0  # writes dropped past HELD while Redis was unreachable
         self._writer: asyncio.Task | None = None
