@@ -73,40 +73,44 @@ class ClusterError(Exception):
     """The cluster cannot be joined as asked (a Redis URL that does not parse, redis-py missing)."""
 
 
-def _client(url: str):
+def _connect(url: str, *, sync: bool = False, **options):
+    """A redis-py client (asyncio, or with `sync` blocking) for this URL; ClusterError if either is wrong."""
     try:
-        import redis.asyncio as aioredis
+        import redis
+        import redis.asyncio
     except ImportError:
         raise ClusterError("--redis needs the redis package: pip install 'callbox[redis]'") from None
     try:
-        return aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=BLOCK_MS / 1000 + 2.0)
+        return (redis.Redis if sync else redis.asyncio.Redis).from_url(url, **options)
     except ValueError as exc:
         raise ClusterError(f"'{url}' is not a Redis URL (redis://HOST:PORT/DB): {exc}") from None
+
+
+def _client(url: str):
+    return _connect(url, socket_connect_timeout=1.0, socket_timeout=BLOCK_MS / 1000 + 2.0)
 
 
 def forget_in_cluster(url: str, user: str) -> bool:
     """Release a user id's binding for every node (callbox-server --forget USER --redis URL)."""
-    try:
-        import redis
-    except ImportError:
-        raise ClusterError("--redis needs the redis package: pip install 'callbox[redis]'") from None
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
-        try:  # "" rather than nothing: each node drops its own copy when it sees that
-            released = bool(client.hget(PREFIX + "bindings", user))
-            client.hset(PREFIX + "bindings", user, "")
-            return released
-        finally:
-            client.close()
-    except ValueError as exc:
-        raise ClusterError(f"'{url}' is not a Redis URL (redis://HOST:PORT/DB): {exc}") from None
-    except redis.RedisError as exc:
+    client = _connect(url, sync=True, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:  # "" rather than nothing: each node drops its own copy when it sees that
+        released = bool(client.hget(PREFIX + "bindings", user))
+        client.hset(PREFIX + "bindings", user, "")
+        return released
+    except _RedisError as exc:
         raise ClusterError(f"cannot reach Redis at {url}: {exc}") from None
+    finally:
+        client.close()
 
 
 def encode_members(members: Iterable[Member]) -> bytes:
     return orjson.dumps([[m.info.user_id, m.info.display_name, m.info.status, m.info.key, m.token_hash, m.since,
                           m.rooms, m.room_call] for m in members])
+
+
+def by_user(members: Iterable[Member]) -> dict[str, bytes]:
+    """Member records as a node keeps them in its users hash: user id -> the record."""
+    return {m.info.user_id: encode_members([m]) for m in members}
 
 
 def decode_members(raw: bytes) -> list[Member]:
@@ -192,7 +196,7 @@ class Cluster:
         if isinstance(action, Forward):
             self._hold(False, "xadd", self.key("inbox", action.node), {b"u": action.user, b"t": action.text})
             return
-        here = {m.info.user_id: encode_members([m]) for m in action.users if m.info.status != "offline"}
+        here = by_user(m for m in action.users if m.info.status != "offline")
         gone = [m.info.user_id for m in action.users if m.info.status == "offline"]
         if here:
             self._hold(True, "hset", self.key("users", self.node), None, None, here)
@@ -413,7 +417,7 @@ class Cluster:
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(self.key("users", self.node))
         if members:
-            pipe.hset(self.key("users", self.node), mapping={m.info.user_id: encode_members([m]) for m in members})
+            pipe.hset(self.key("users", self.node), mapping=by_user(members))
         await pipe.execute()
         self._nodes = {node: None for node in self._nodes}  # judged again from the heartbeats
         self._settle_until = now + self.ttl
@@ -428,6 +432,7 @@ class Cluster:
             return
         alive = await self.redis.mget([self.key("node", n) for n in names])
         now = asyncio.get_running_loop().time()
+        ours = None  # this node's users, encoded once for all the nodes to be told
         for node, beat in zip(names, alive, strict=True):
             known = node in self._nodes
             gone = self._nodes.get(node)
@@ -437,7 +442,8 @@ class Cluster:
                     raw = await self.redis.hgetall(self.key("users", node))
                     self.apply(self.hub.remote_presence(node, [m for v in raw.values() for m in decode_members(v)],
                                                         now, full=True))
-                    self._tell_nodes(encode_members(self.hub.members()), [node], full=True)
+                    ours = ours or encode_members(self.hub.members())
+                    self._tell_nodes(ours, [node], full=True)
             elif known and gone is None and now >= self._settle_until:
                 self._nodes[node] = now
                 log.info("node %s has no heartbeat: its users are reconnecting", node)

@@ -625,20 +625,13 @@ class Hub:
 
     def _drop_session(self, s: Session, now: float) -> None:
         """The user is gone for good: end its calls, leave its channels, announce it offline."""
-        del self.sessions[s.user_id]
+        self._unseat(s)
         self._skeletons.pop(skeleton(s.user_id), None)
-        s.replay.clear()
         for call in [c for c in self.calls.values() if c.involves(s.user_id)]:
             self._end_call(call, s.user_id)
         for ch in list(s.channels):
             self._leave_channel(s, ch, "peer_disconnected")
-        if s.conn is not None:
-            self.conns[s.conn].user = None
-        for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
-            del self.claims[call_id]
         self._announce(s, "offline")
-        if self.config.cluster:
-            self._dirty.add(s.user_id)
         log.info("user %s is offline", s.user_id)
         shadow = self._shadows.pop(s.user_id, None)
         if shadow is not None:  # the older session on another node had not yielded yet: it is the one now
@@ -646,6 +639,18 @@ class Hub:
             self._skeletons[skeleton(s.user_id)] = s.user_id
             self._queue_presence(shadow[1].info)
             self._reconcile(s.user_id, None, shadow[1])
+
+    def _unseat(self, s: Session) -> None:
+        """What ends a session here, however it goes on (offline, or on another node): out of the sessions, its
+        replay log, its connection and its call claims; in a cluster, its record is to be forgotten."""
+        del self.sessions[s.user_id]
+        s.replay.clear()
+        if s.conn is not None:
+            self.conns[s.conn].user = None
+        for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
+            del self.claims[call_id]
+        if self.config.cluster:
+            self._dirty.add(s.user_id)
 
     def _restore_calls(self, s: Session, claimed: Iterable[p.ActiveCall], now: float) -> None:
         """A client back after a server restart says which calls it is in; restore those both sides claim."""
@@ -866,10 +871,7 @@ class Hub:
                     self._to_user(sender, p.CallEnded(call_id=call.call_id, sender=user, reason="busy"))
                     self._forget_call(call)
                     return False
-                call.apply(Event.ACCEPT, now=now)
-                self.call_deadlines.pop(call.call_id, None)
-                self.in_call[user] = call
-                self._refresh(self.sessions[user])
+                self._established(call, now)
             elif isinstance(msg, p.CallRejected):
                 call.apply(Event.REJECT, now=now, reason=msg.reason)
             elif isinstance(msg, p.CallEnded):
@@ -943,16 +945,13 @@ class Hub:
         restores them from hello.calls (if it does not, its presence there says so: see remote_presence). A call
         still ringing ends."""
         log.info("user %s moved to node %s", s.user_id, node)
-        del self.sessions[s.user_id]
+        self._unseat(s)
         self._shadows.pop(s.user_id, None)
-        self._dirty.add(s.user_id)
-        s.replay.clear()
         # The other nodes are told it is gone from here (each read the move before this, in its inbox; without
         # it one that had taken the newer session for gone would keep this one).
         self._members[s.user_id] = self._member(s, p.UserInfo(user_id=s.user_id, display_name=s.display_name,
                                                               status="offline", key=s.key))
         if s.conn is not None:
-            self.conns[s.conn].user = None
             self._close(s.conn, CLOSE_REPLACED, "replaced by a newer connection on another node")
         self.in_call.pop(s.user_id, None)
         self.in_room_call.pop(s.user_id, None)  # it stays in its rooms and room call, now from that node
@@ -961,8 +960,6 @@ class Hub:
                 self._forget_call(call)  # neither party is here any more
             elif not call.established:
                 self._end_call(call, s.user_id)
-        for call_id in [k for k, c in self.claims.items() if c.user == s.user_id]:
-            del self.claims[call_id]
 
     # ---------------------------------------------------------------- dispatch
 
@@ -1172,6 +1169,10 @@ class Hub:
                 raise _Refused(p.BUSY, f"'{party}' is already in call '{other.call_id}'")
             if party in self.in_room_call:
                 raise _Refused(p.BUSY, f"'{party}' is in the call of room '{self.in_room_call[party].channel}'")
+        self._established(call, now)
+
+    def _established(self, call: Call, now: float) -> None:
+        """The call is accepted: its parties here are in it."""
         call.apply(Event.ACCEPT, now=now)
         self.call_deadlines.pop(call.call_id, None)
         for party in call.parties():
@@ -1290,9 +1291,7 @@ class Hub:
         """The tick's changes go out: to a client that asked, in presence_batch frames (one, unless it would pass
         PRESENCE_BATCH_BYTES); to an older one, a presence frame per change but its own."""
         changes, self._presence, self._presence_at = self._presence, {}, None
-        if self._members:
-            self._out.append(Announce(tuple(self._members.values())))
-            self._members = {}
+        self._flush_members()
         if not changes:
             return
         self._snapshot = None  # the next login's user list is built afresh
