@@ -10,8 +10,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from server.hub import Announce, Broadcast, Close, Forward, Hub, HubConfig, RoomFrame, Send
-from tests.server.test_hub import messages
+from server.hub import Announce, Forward, Hub, HubConfig, RoomFrame
+from tests.server.test_hub import deliver, messages
 
 NODES = ("n0", "n1")
 USERS = ["u0", "u1", "u2"]
@@ -27,19 +27,14 @@ class Cluster:
                                           "burst": 1000, **config}, server_id=n, cluster=True),
                             wall=lambda: self.now) for n in NODES}
         self.inbox: dict[str, list[dict]] = {}
-        self.closed: set[str] = set()
+        self.closed: dict[str, int] = {}
         self.streams = {n: deque() for n in NODES}
 
     def run(self, node: str, actions) -> None:
         for a in actions:
-            if isinstance(a, Send):
-                self.inbox[a.conn].append(json.loads(a.text))
-            elif isinstance(a, Broadcast):
-                for c in a.conns:
-                    self.inbox[c].append(json.loads(a.text))
-            elif isinstance(a, Close):
-                self.closed.add(a.conn)
-            elif isinstance(a, Forward):
+            if deliver(a, self.inbox, self.closed):
+                continue
+            if isinstance(a, Forward):
                 self.streams[a.node].append(("inbox", a.user, a.text))
             elif isinstance(a, (Announce, RoomFrame)):
                 for other in NODES:
@@ -159,7 +154,7 @@ def test_two_hubs_on_one_broker_keep_their_invariants_and_agree_once_settled(tic
             for node, hub in c.hubs.items():
                 if conn in hub.conns:
                     c.run(node, hub.connection_lost(conn, c.now))
-            c.closed.discard(conn)
+            del c.closed[conn]
             where = {u: w for u, w in where.items() if w[1] != conn}
         c.check()
 

@@ -10,6 +10,21 @@ from hypothesis import strategies as st
 from server.hub import Broadcast, Close, Hub, HubConfig, Send
 
 
+def deliver(a, inbox: dict[str, list[dict]], closed: dict[str, int]) -> bool:
+    """Do with a Send, Broadcast or Close what the transport would: each message into its connection's inbox, a
+    close into `closed` (connection -> code). False for any other action."""
+    if isinstance(a, Send):
+        inbox[a.conn].append(json.loads(a.text))
+    elif isinstance(a, Broadcast):
+        for c in a.conns:
+            inbox[c].append(json.loads(a.text))
+    elif isinstance(a, Close):
+        closed[a.conn] = a.code
+    else:
+        return False
+    return True
+
+
 class Wire:
     """Runs a hub and collects what each connection would have received."""
 
@@ -22,13 +37,7 @@ class Wire:
 
     def run(self, actions):
         for a in actions:
-            if isinstance(a, Send):
-                self.inbox[a.conn].append(json.loads(a.text))
-            elif isinstance(a, Broadcast):
-                for c in a.conns:
-                    self.inbox[c].append(json.loads(a.text))
-            elif isinstance(a, Close):
-                self.closed[a.conn] = a.code
+            deliver(a, self.inbox, self.closed)
 
     def open(self, conn):
         self.inbox[conn] = []
