@@ -254,7 +254,10 @@ class Hub:
         self._presence: dict[str, p.UserInfo] = {}  # changes not yet sent: user -> its latest, in first-change order
         self._presence_at: float | None = None  # when they go out
         self._now = 0.0  # the time of the event being handled
-        self._snapshot: list[str] | None = None  # the user list as presence_batch frames, until the next tick
+        # Every user as the clients were last told it (its UserInfo, encoded), kept up to date by each tick: a
+        # welcome's list is this, so a login costs no Python work per user.
+        self._roster: dict[str, str] = {}
+        self._snapshot: list[str] | None = None  # the roster as presence_batch frames, until the next tick
         self.remote: dict[str, RemoteUser] = {}  # in a cluster: the users on other nodes
         self._members: dict[str, Member] = {}  # ... and this node's changes not yet announced to them
         self._shadows: dict[str, tuple[str, Member]] = {}  # older sessions elsewhere of users here: node, member
@@ -454,6 +457,10 @@ class Hub:
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
         assert not self.remote.keys() & self.sessions.keys(), "a user both here and on another node"
+        told = dict(self._roster)  # what the clients were told, with what they are about to be
+        for uid, info in self._presence.items():
+            (told.pop(uid, None) if info.status == "offline" else told.__setitem__(uid, info.encode()))
+        assert told == {u.user_id: u.encode() for u in self._everyone()}, "the roster is out of step with the users"
         assert self._shadows.keys() <= self.sessions.keys(), "a shadow of a user not here"
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
         assert self.replay.used == sum(s.replay.bytes for s in self.sessions.values()), "replay bytes miscounted"
@@ -1295,6 +1302,13 @@ class Hub:
         if not changes:
             return
         self._snapshot = None  # the next login's user list is built afresh
+        entries = []
+        for info in changes.values():
+            entries.append(text := info.encode())
+            if info.status == "offline":
+                self._roster.pop(info.user_id, None)
+            else:
+                self._roster[info.user_id] = text
         batch, single = [], []
         for o in self.sessions.values():
             if o.conn is not None:
@@ -1309,14 +1323,15 @@ class Hub:
         alone = next(iter(changes)) if len(changes) == 1 else None
         conns = tuple(o.conn for o in batch if o.user_id != alone)
         if conns:
-            for text in _batches(list(changes.values())):
+            for text in p.presence_batches(entries, PRESENCE_BATCH_BYTES):
                 self._out.append(Broadcast(conns, text))
 
     def _user_list(self) -> list[str]:
-        """Every session as presence_batch frames (the receiver skips itself), built at most once a presence tick:
-        in a storm of logins each gets the same frames, and the tick's batch brings each up to date."""
-        if self._snapshot is None or self.config.presence_tick <= 0:
-            self._snapshot = _batches(self._everyone())
+        """Every user as presence_batch frames (the receiver skips itself): the roster as of the last tick, built
+        at most once a tick. In a storm of logins each gets the same frames, and the tick's batch then brings
+        each up to date with what changed since."""
+        if self._snapshot is None:
+            self._snapshot = p.presence_batches(self._roster.values(), PRESENCE_BATCH_BYTES)
         return self._snapshot
 
     def _everyone(self) -> list[p.UserInfo]:
@@ -1441,21 +1456,6 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-def _batches(infos: list[p.UserInfo]) -> list[str]:
-    """presence_batch frames for these changes, in order, each under PRESENCE_BATCH_BYTES."""
-    frames, chunk, size = [], [], 0
-    for info in infos:
-        item = len(info.encode()) + 1
-        if chunk and size + item > PRESENCE_BATCH_BYTES:
-            frames.append(p.PresenceBatch(users=tuple(chunk)).encode())
-            chunk, size = [], 0
-        chunk.append(info)
-        size += item
-    if chunk:
-        frames.append(p.PresenceBatch(users=tuple(chunk)).encode())
-    return frames
 
 
 def _owns(m: Member, hello: p.Hello, proven: str | None) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -388,6 +388,26 @@ class PresenceBatch(Message):
 
     type: ClassVar[str] = "presence_batch"
     users: tuple[UserInfo, ...] = spec(list_of(UserInfo))
+
+
+def presence_batches(entries: Iterable[str], limit: int) -> list[str]:
+    """presence_batch frames carrying these encoded UserInfo entries, in order, each at most `limit` bytes of
+    UTF-8 (an entry longer than that alone in its frame): the frames PresenceBatch would encode, built by joining
+    strings, so a server can keep its users encoded and list thousands of them without a Python step per user."""
+    head, tail = '{"type":"presence_batch","users":[', "]}"
+    frames: list[str] = []
+    chunk: list[str] = []
+    size = room = limit - len(head) - len(tail)
+    for entry in entries:
+        n = (len(entry) if entry.isascii() else len(entry.encode())) + 1
+        if chunk and n > size:
+            frames.append(head + ",".join(chunk) + tail)
+            chunk, size = [], room
+        chunk.append(entry)
+        size -= n
+    if chunk:
+        frames.append(head + ",".join(chunk) + tail)
+    return frames
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -93,3 +93,19 @@ def test_redirect_needs_a_websocket_url():
     with pytest.raises(p.ProtocolError) as info:
         p.decode('{"type":"redirect","url":"http://h:1"}')
     assert info.value.field == "url" and "must start with ws:// or wss://" in str(info.value)
+
+
+def test_presence_batches_are_what_presence_batch_encodes_and_keep_under_the_limit():
+    users = [p.UserInfo(user_id=f"u{i}", display_name="😀" * (i % 70 + 1), status="online") for i in range(3000)]
+    frames = p.presence_batches([u.encode() for u in users], 16 * 1024)
+    assert len(frames) > 1
+    got = []
+    for frame in frames:
+        assert len(frame.encode()) <= 16 * 1024  # bytes, not characters: these names are 4 bytes a character
+        msg = p.decode(frame)
+        assert isinstance(msg, p.PresenceBatch) and frame == msg.encode()
+        got.extend(msg.users)
+    assert got == users
+    assert p.presence_batches([], 16 * 1024) == []
+    big = users[5].encode()
+    assert p.presence_batches([big], 10) == [p.PresenceBatch(users=(users[5],)).encode()]  # alone if too long
