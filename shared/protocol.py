@@ -393,7 +393,7 @@ class PresenceBatch(Message):
 def presence_batches(entries: Iterable[str], limit: int) -> list[str]:
     """presence_batch frames carrying these encoded UserInfo entries, in order, each at most `limit` bytes of
     UTF-8 (an entry longer than that alone in its frame): the frames PresenceBatch would encode, built by joining
-    strings, so a server can keep its users encoded and list thousands of them without a Python step per user."""
+    strings, so a server can keep its users encoded and list thousands of them without building a message for each."""
     head, tail = '{"type":"presence_batch","users":[', "]}"
     frames: list[str] = []
     chunk: list[str] = []
