@@ -457,10 +457,7 @@ class Hub:
                     established[u] = call_id
             assert (call_id in self.call_deadlines) == (c.state is State.RINGING)
         assert not self.remote.keys() & self.sessions.keys(), "a user both here and on another node"
-        told = dict(self._roster)  # what the clients were told, with what they are about to be
-        for uid, info in self._presence.items():
-            (told.pop(uid, None) if info.status == "offline" else told.__setitem__(uid, info.encode()))
-        assert told == {u.user_id: u.encode() for u in self._everyone()}, "the roster is out of step with the users"
+        assert self._told() == {u.user_id: u.encode() for u in self._everyone()}, "the roster is out of step"
         assert self._shadows.keys() <= self.sessions.keys(), "a shadow of a user not here"
         assert {u: c.call_id for u, c in self.in_call.items()} == established, "in_call out of step with calls"
         assert self.replay.used == sum(s.replay.bytes for s in self.sessions.values()), "replay bytes miscounted"
@@ -1327,12 +1324,24 @@ class Hub:
                 self._out.append(Broadcast(conns, text))
 
     def _user_list(self) -> list[str]:
-        """Every user as presence_batch frames (the receiver skips itself): the roster as of the last tick, built
-        at most once a tick. In a storm of logins each gets the same frames, and the tick's batch then brings
-        each up to date with what changed since."""
+        """Every user as presence_batch frames (the receiver skips itself), from the roster and this tick's changes,
+        built at most once a tick. In a storm of logins each gets the same frames, and the tick's batch then
+        brings each up to date with what changed since."""
         if self._snapshot is None:
-            self._snapshot = p.presence_batches(self._roster.values(), PRESENCE_BATCH_BYTES)
+            self._snapshot = p.presence_batches(self._told().values(), PRESENCE_BATCH_BYTES)
         return self._snapshot
+
+    def _told(self) -> dict[str, str]:
+        """The roster with this tick's changes, which every client is about to be told: each user, encoded."""
+        if not self._presence:
+            return self._roster
+        told = dict(self._roster)
+        for uid, info in self._presence.items():
+            if info.status == "offline":
+                told.pop(uid, None)
+            else:
+                told[uid] = info.encode()
+        return told
 
     def _everyone(self) -> list[p.UserInfo]:
         """Every user with a session, here or on another node."""
