@@ -255,7 +255,7 @@ class Hub:
         self._presence_at: float | None = None  # when they go out
         self._now = 0.0  # the time of the event being handled
         # Every user as the clients were last told it (its UserInfo, encoded), kept up to date by each tick: a
-        # welcome's list is this, so a login costs no Python work per user.
+        # welcome's list is built from it once a tick, not from every session at every login.
         self._roster: dict[str, str] = {}
         self._snapshot: list[str] | None = None  # the roster as presence_batch frames, until the next tick
         self.remote: dict[str, RemoteUser] = {}  # in a cluster: the users on other nodes
@@ -1299,13 +1299,7 @@ class Hub:
         if not changes:
             return
         self._snapshot = None  # the next login's user list is built afresh
-        entries = []
-        for info in changes.values():
-            entries.append(text := info.encode())
-            if info.status == "offline":
-                self._roster.pop(info.user_id, None)
-            else:
-                self._roster[info.user_id] = text
+        entries = _tell(self._roster, changes)
         batch, single = [], []
         for o in self.sessions.values():
             if o.conn is not None:
@@ -1336,11 +1330,7 @@ class Hub:
         if not self._presence:
             return self._roster
         told = dict(self._roster)
-        for uid, info in self._presence.items():
-            if info.status == "offline":
-                told.pop(uid, None)
-            else:
-                told[uid] = info.encode()
+        _tell(told, self._presence)
         return told
 
     def _everyone(self) -> list[p.UserInfo]:
@@ -1465,6 +1455,18 @@ class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+def _tell(roster: dict[str, str], changes: dict[str, p.UserInfo]) -> list[str]:
+    """Tell a roster these changes (an offline user leaves it); their encoded entries, in order."""
+    entries = []
+    for uid, info in changes.items():
+        entries.append(text := info.encode())
+        if info.status == "offline":
+            roster.pop(uid, None)
+        else:
+            roster[uid] = text
+    return entries
 
 
 def _owns(m: Member, hello: p.Hello, proven: str | None) -> bool:
