@@ -46,12 +46,30 @@ class OutboxFull(Exception):
 ACK_EVERY = 100  # messages received between acks, at most (docs/protocol.md §2.3) ...
 ACK_AFTER = 2.0  # ... or seconds after a message, when fewer came
 FATAL = {p.AUTH_FAILED, p.NAME_TAKEN, p.UNSUPPORTED_PROTOCOL, p.KEY_MISMATCH, p.BAD_PROOF}
+# Opening a connection has two deadlines, not websockets' one. TCP must connect within CONNECT_TIMEOUT, or the
+# address is taken for dead and the next is tried. Once it has, the server is alive, and TLS and the opening
+# handshake get UPGRADE_TIMEOUT more: in a reconnect storm a server answers thousands of them at once, and a
+# client that gives up after a few seconds throws away the work done for it and comes back to ask again.
+CONNECT_TIMEOUT, UPGRADE_TIMEOUT = 5.0, 10.0
 
 
 def backoff(attempt: int, *, first: float = 0.5, cap: float = 5.0) -> float:
     """Delay before retry number `attempt` (0-based): at most `first` at first, doubling, capped, with jitter."""
     # The exponent is bounded: 2**1024 does not fit a float, and a server down for hours gets that many attempts.
     return min(cap, first * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)
+
+
+async def open_connection(url: str, *, create_connection: type[ClientConnection] = ClientConnection,
+                          **kwargs) -> ClientConnection:
+    """websockets' connect(url, **kwargs), with CONNECT_TIMEOUT for TCP and UPGRADE_TIMEOUT more, from when TCP
+    is up, for TLS and the opening handshake. TimeoutError past either."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(CONNECT_TIMEOUT) as deadline:
+        def connected(*args, **kw) -> ClientConnection:  # asyncio makes the protocol once the socket connects
+            deadline.reschedule(loop.time() + UPGRADE_TIMEOUT)
+            return create_connection(*args, **kw)
+
+        return await connect(url, open_timeout=None, create_connection=connected, **kwargs)
 
 
 def addresses(spec: str | Iterable[str]) -> list[str]:
@@ -253,9 +271,10 @@ class SignalingClient:
             self._set_state(ConnState.CONNECTING if self.connects == 0 and attempt == 0
                             else ConnState.RECONNECTING, self.reason)
             try:
-                async with connect(self.url, ssl=self.ssl_context, open_timeout=5, close_timeout=1,
-                                   ping_interval=self.ping_interval, ping_timeout=self.ping_interval,
-                                   max_size=4 * p.MAX_MESSAGE_BYTES) as ws:
+                ws = await open_connection(self.url, ssl=self.ssl_context, close_timeout=1,
+                                           ping_interval=self.ping_interval, ping_timeout=self.ping_interval,
+                                           max_size=4 * p.MAX_MESSAGE_BYTES)
+                async with ws:
                     self._ws = ws
                     if not await self._login(ws):
                         return

@@ -597,6 +597,28 @@ async def test_connection_errors_read_as_sentences_and_the_client_keeps_trying(k
         assert retries() == settled  # stopped means stopped
 
 
+async def test_a_server_that_took_the_connection_gets_the_upgrade_deadline_to_answer_not_the_connect_one(
+        monkeypatch):
+    """TCP up means the server is alive: in a reconnect storm its answer to the opening handshake can take longer
+    than a dead address is given, and the client waits for it rather than give up and come back to ask again."""
+    monkeypatch.setattr(signaling, "CONNECT_TIMEOUT", 0.3)
+    monkeypatch.setattr(signaling, "UPGRADE_TIMEOUT", 3.0)
+    delay = 1.0
+
+    async def slow(connection, request) -> None:
+        await asyncio.sleep(delay)
+
+    loop = asyncio.get_running_loop()
+    async with serve(lambda ws: ws.wait_closed(), "127.0.0.1", 0, process_request=slow) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        ws = await signaling.open_connection(url)  # answered after 1 s: past CONNECT_TIMEOUT, within the upgrade's
+        await ws.close()
+        delay, began = 60.0, loop.time()
+        with pytest.raises(TimeoutError):
+            await signaling.open_connection(url)
+        assert loop.time() - began >= 3.0  # the upgrade's deadline, not the connect's
+
+
 # ---------------------------------------------------------------- 9. random faults
 
 
