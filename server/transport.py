@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import ssl
+import time
 import weakref
 from collections.abc import Iterable
 from http import HTTPStatus
@@ -22,6 +23,7 @@ from shared.protocol import MAX_MESSAGE_BYTES, NONCE_HEADER, SERVER_ID_HEADER
 from .admission import ACCEPT_BACKLOG, LISTEN_QUEUE, Admission, EverySecond, connection_cap, raise_open_file_limit
 from .bindings import Bindings
 from .hub import Action, Broadcast, Close, Hub, HubConfig, Send
+from .turns import LoginTurns
 
 log = logging.getLogger("callbox.server")
 
@@ -119,6 +121,7 @@ class SignalingServer:
         self.allow_origins = tuple(allow_origins)
         self.admission: Admission | None = None
         self._hello_timers: dict[ServerConnection, asyncio.TimerHandle] = {}
+        self._turns = LoginTurns()
         self._old_handler = None
         self.cluster = None  # with `redis` (a redis:// URL): this server is one node of a cluster (server.cluster)
         if redis:
@@ -227,6 +230,10 @@ class SignalingServer:
                         await self.cluster.before_hello(raw)  # the user's binding; its session, if kept elsewhere
                     except Exception:  # a record in Redis that is not ours: the hello is answered all the same
                         log.exception("could not look up %s in the cluster", peer)
+                login = ws in self.hub.conns and self.hub.conns[ws].user is None
+                if login:
+                    await self._take_turn(ws)
+                began = time.perf_counter()
                 try:
                     actions = self.hub.receive(ws, raw, loop.time())
                 except Exception:  # a bug in the hub must not take the connection down with it
@@ -235,6 +242,8 @@ class SignalingServer:
                 if ws in self._hello_timers and self.hub.conns[ws].user is not None:
                     self._logged_in(ws)  # before the welcome is written: it may be large
                 self._apply(actions)
+                if login:
+                    self._turns.took(time.perf_counter() - began)
                 # An idle connection must not pin its last frame and the hub's answer to it: after a hello
                 # that is the welcome listing every user, which made memory grow with the square of users.
                 del actions, raw
@@ -250,6 +259,16 @@ class SignalingServer:
             self._apply(self.hub.connection_lost(ws, loop.time()))
             why = self._dropped.pop(ws, None) or _why(ws)
             log.info("disconnect %s%s: %s", peer, f" user={user}" if user else "", why)
+
+    async def _take_turn(self, ws: ServerConnection) -> None:
+        """A hello waits its turn (server.turns) in a storm of logins; its connection's deadline for a successful
+        hello does not count the wait, which is the server's and not the client's."""
+        timer = self._hello_timers.get(ws)
+        if timer is not None:
+            timer.cancel()
+        waited = await self._turns.wait()
+        if timer is not None:
+            self._hello_timers[ws] = asyncio.get_running_loop().call_at(timer.when() + waited, self._hello_due, ws)
 
     async def _keepalive(self, ws: ServerConnection) -> None:
         """Ping every ping_interval; a pong later than ping_timeout means a dead peer. Its TCP connection is

@@ -32,6 +32,26 @@ async def test_a_connection_that_never_says_hello_is_closed():
         assert srv.hub.status("late") == "online"  # logged in: the timeout no longer applies
 
 
+async def test_a_hello_that_waits_its_turn_in_a_storm_of_logins_is_not_timed_out_for_the_wait(monkeypatch):
+    """In a storm a hello may wait for its turn (server.turns): that wait is the server's, not the client's, and
+    the connection's deadline for a hello does not count it."""
+    async with running_server(hello_timeout=300 * MS) as srv:
+        async def a_long_turn() -> float:
+            await asyncio.sleep(600 * MS)
+            return 0.6
+
+        monkeypatch.setattr(srv._turns, "wait", a_long_turn)
+        alice = await Peer.connect(srv.url, "alice", hello=False)
+        assert (await alice.hello())["type"] == "connection_established"  # 600 ms after the hello: past 300 ms
+        again = await Peer.connect(srv.url, "alice", hello=False)
+        assert (await again.hello())["code"] == "name_taken"  # a hello that failed, after its long turn...
+        again.user_id = "bob"
+        assert (await again.hello())["type"] == "connection_established"  # ...leaves time for another
+        assert srv.hub.status("alice") == srv.hub.status("bob") == "online"
+        idle = await Peer.connect(srv.url, "idle", hello=False)  # one that never says hello is still closed
+        assert await idle.closed(timeout=2) == (1008, "no hello in time")
+
+
 async def test_an_unfinished_fragmented_message_before_hello_is_cut_at_8_kib(server):
     ws = await connect(server.url, ping_interval=None)
     sent = 0
