@@ -1,14 +1,14 @@
 """Reconnect storm: seconds from a server restart until all n clients are online again with complete user lists.
 
-n clients, split over several client processes, log in to a server on a fixed port and wait until each knows the
-n-1 others as online. Then the server is killed (SIGKILL) and a new one started on the same port: every client
-notices the drop, retries as the real client does (backoff from 0.5 s, doubling with jitter up to 5 s, 5 s to open)
-and says a fresh hello. The first logins, before the storm, retry the same way. The run measures, from the restart
-(the kill) on, when each client's view is complete again, how many attempts failed or timed out on the way (and
-why), the listen queue's overflows (TcpExtListenOverflows), and the new server process's CPU seconds until the last
-is done. The server has no cap on connections waiting to log in (--login-cap N sets one, as a server's
---max-unauthenticated, 256 by default: more are refused with HTTP 503 and retry), none per address and no rate
-limit: all n clients come from 127.0.0.1, which no real deployment sees.
+n clients, split over several client processes, log in to a server on a fixed port and wait until each knows the n-1
+others as online. Then the server is killed (SIGKILL) and a new one started on the same port: every client notices
+the drop, retries as the real client does (backoff from 0.5 s, doubling with jitter up to 5 s; 5 s for TCP to
+connect, then 10 s for the opening handshake) and says a fresh hello. The first logins, before the storm, retry the
+same way. The run measures, from the restart (the kill) on, when each client's view is complete again, how many
+attempts failed or timed out on the way (and why), the listen queue's overflows (TcpExtListenOverflows), and the new
+server process's CPU seconds until the last is done. The server has no cap on connections waiting to log in
+(--login-cap N sets one, as a server's --max-unauthenticated, 256 by default: more are refused with HTTP 503 and
+retry), none per address and no rate limit: all n clients come from 127.0.0.1, which no real deployment sees.
 With --old-clients the clients do not ask for presence_batch: the welcome lists every user and each change comes
 in a presence frame of its own, as before presence ticks. --server-tree PATH runs the server (server/ and shared/)
 of another checkout, e.g. a git worktree of an older commit, with the same clients. Run from the repository root:
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import re
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from multiprocessing.connection import wait
 
 from _common import (
@@ -40,16 +42,15 @@ from _common import (
     until,
     verdict,
 )
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake, WebSocketException
 
-from client.core.signaling import backoff
+from client.core.signaling import backoff, open_connection
 
 CONCURRENCY = 20  # first logins at once per client process before the storm (the storm itself has no limit)
-OPEN_TIMEOUT = 5.0  # seconds for the opening handshake, as the real client
 WELCOME_TIMEOUT = 10.0  # seconds from the handshake to connection_established (the server's hello timeout)
 TARGETS = {2000: 10.0, 5000: 30.0}  # n: seconds from the restart until every client is complete
-USER_ID = re.compile(rb'"user_id":"([^"]+)"')
+USER_NUMBER = re.compile(rb'"user_id":"u(\d+)"')  # the bench's users are u00000, u00001, ...
 PROGRESS = 5.0  # seconds between progress lines with --progress
 
 
@@ -128,6 +129,27 @@ async def start_on(port: int, tree: str | None, lag, cap: int) -> tuple[int, obj
     return srv.port, srv.stop
 
 
+@functools.lru_cache(maxsize=256)
+def read_users(data: bytes) -> tuple[int, int]:
+    """The users a frame says are online and offline, as bit masks (bit i: user u{i:05d}). Cached: the server
+    sends the same bytes to every client (a tick's batch, a tick's user list), so a process reads each such frame
+    once, not once per client; and a client's view is one int, not a set that 5,000 ids are added to."""
+    if b'"offline"' not in data:
+        return mask(USER_NUMBER.findall(data)), 0
+    msg, last = json.loads(data), {}
+    for u in msg.get("users", [msg]):
+        last[u["user_id"][1:]] = u["status"]
+    return mask(i for i, s in last.items() if s != "offline"), mask(i for i, s in last.items() if s == "offline")
+
+
+def mask(numbers: Iterable[bytes | str]) -> int:
+    bits = bytearray(Peer.n // 8 + 1)
+    for number in numbers:
+        i = int(number)
+        bits[i >> 3] |= 1 << (i & 7)
+    return int.from_bytes(bits, "little")
+
+
 class Peer(ClientConnection):
     """One session of a client: the others it knows as not offline, from the welcome and presence(_batch) frames.
 
@@ -137,12 +159,12 @@ class Peer(ClientConnection):
     frames a second in a storm, and websockets' parser (about 20 us a frame) made the clients, on the same two
     cores, use three times the server's CPU and lag seconds behind, which timed their own handshakes out."""
 
-    n = 0  # users in all
+    n, everyone = 0, 0  # users in all, and the view of one who knows them all (every bit set)
     done: dict[bytes, float] = {}  # user -> when its current session's view became complete (this process)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.me, self.view, self.complete = b"", set(), False
+        self.me, self.bit, self.view, self.complete = b"", 0, 0, False  # view: a bit per user known as not offline
         self.raw: bytearray | None = None  # from the hello on: what is received and not yet read
         self.welcomed: asyncio.Future | None = None
 
@@ -191,14 +213,9 @@ class Peer(ClientConnection):
                 self.transport.abort()
                 return
             self.welcomed.set_result(None)  # the old welcome lists every user; the new one has users_follow
-        if b'"offline"' in data:
-            msg = json.loads(data)
-            for u in msg.get("users", [msg]):
-                (self.view.discard if u["status"] == "offline" else self.view.add)(u["user_id"].encode())
-        else:
-            self.view.update(USER_ID.findall(data))
-        self.view.discard(self.me)
-        if not self.complete and len(self.view) == Peer.n - 1:
+        online, offline = read_users(data)
+        self.view = (self.view & ~offline) | online
+        if not self.complete and self.view | self.bit == Peer.everyone:
             self.complete = True
             Peer.done.setdefault(self.me, clock())
 
@@ -213,22 +230,25 @@ class Run:
 
     stats: Counter = Counter()
     handshakes: list[float] = []  # seconds each successful opening handshake took
+    welcomes: list[float] = []  # seconds from each hello to its connection_established
     gate: asyncio.Semaphore | None = None  # before the storm: at most CONCURRENCY logins at once
 
 
 async def login(url: str, user: str, batch: bool) -> Peer:
     t = clock()
-    ws = await connect(url, ping_interval=None, max_size=None, open_timeout=OPEN_TIMEOUT, create_connection=Peer,
-                       proxy=None, compression=None)  # no proxy lookup, no deflate offer: the server has none
+    ws = await open_connection(url, ping_interval=None, max_size=None, create_connection=Peer, proxy=None,
+                               compression=None)  # no proxy lookup, no deflate offer: the server has none
     Run.handshakes.append(clock() - t)
     try:
-        ws.me = user.encode()
+        ws.me, ws.bit = user.encode(), 1 << int(user[1:])
         ws.read_frames()
         await ws.send(json.dumps({"type": "hello", "protocol": 1, "user_id": user, "display_name": user,
                                   **({"presence_batch": True} if batch else {})}))
+        t = clock()
         try:
             async with asyncio.timeout(WELCOME_TIMEOUT):
                 await ws.welcomed
+            Run.welcomes.append(clock() - t)
         except TimeoutError:
             raise WelcomeTimeout(f"no connection_established within {WELCOME_TIMEOUT:g} s") from None
     except BaseException:
@@ -278,13 +298,14 @@ async def live(url: str, user: str, batch: bool, conns: dict) -> None:
 
 def report(lag: LoopLag, cpu: float) -> dict:
     return {"done": list(Peer.done.values()), "stats": dict(Run.stats), "handshakes": Run.handshakes,
+            "welcomes": Run.welcomes,
             "cpu": own_cpu() - cpu, "lag": lag.take()}
 
 
 async def clients(url: str, users: list[str], n: int, batch: bool, timeout: float, setup_timeout: float,
                   progress: bool, pipe) -> None:
     loop = asyncio.get_running_loop()
-    Peer.n, conns, lag, cpu = n, {}, LoopLag(progress), own_cpu()
+    Peer.n, Peer.everyone, conns, lag, cpu = n, (1 << n) - 1, {}, LoopLag(progress), own_cpu()
     Run.gate = asyncio.Semaphore(CONCURRENCY)
 
     async def tell() -> None:
@@ -303,7 +324,7 @@ async def clients(url: str, users: list[str], n: int, batch: bool, timeout: floa
     pipe.send(report(lag, cpu))  # the first logins: done
     await loop.run_in_executor(None, pipe.recv)  # "storm": the server is about to be killed
     Peer.done.clear()
-    Run.stats, Run.handshakes, Run.gate = Counter(), [], None
+    Run.stats, Run.handshakes, Run.welcomes, Run.gate = Counter(), [], [], None
     lag.take()
     cpu = own_cpu()
     pipe.send("set")
@@ -363,6 +384,7 @@ def summary(results: list[dict], n: int, t0: float, label: str) -> tuple[list[fl
     times = [d - t0 for r in results for d in r["done"]]
     stats = sum((Counter(r["stats"]) for r in results), Counter())
     hs = [h for r in results for h in r["handshakes"]]
+    ws = [w for r in results for w in r["welcomes"]]
     print(f"\n  {label}")
     print(f"  {'clients complete':<44} {len(times):>8,} / {n:,}")
     if times:
@@ -378,6 +400,9 @@ def summary(results: list[dict], n: int, t0: float, label: str) -> tuple[list[fl
     if hs:
         print(f"  {'opening handshake p50 / p99 / max':<44} {pct(hs, 50):>8.2f} s / {pct(hs, 99):.2f} s / "
               f"{max(hs):.2f} s")
+    if ws:
+        print(f"  {'hello to welcome p50 / p99 / max':<44} {pct(ws, 50):>8.2f} s / {pct(ws, 99):.2f} s / "
+              f"{max(ws):.2f} s")
     print(f"  {'client processes: CPU / worst loop lag':<44} {sum(r['cpu'] for r in results):>8.2f} s / "
           f"{max(r['lag'] for r in results):.2f} s")
     return times, stats
