@@ -37,16 +37,21 @@ class EverySecond:
 
 
 class Admission:
-    """Counts open TCP connections and those not logged in yet, by address, and says which to refuse."""
+    """Counts open TCP connections, and those waiting to log in by address, and says which to refuse.
+
+    A connection waits to log in from when its opening handshake is let through until it logs in or closes; one
+    still on its way there (accepted, its request not yet read) does not count. So the caps let requests through
+    in the order they come: when every accepted connection counted, a storm of 5,000 reconnecting clients always
+    had more than 256 accepted, and a server at its default cap refused every one of them, for good."""
 
     def __init__(self, *, max_unauthenticated: int, max_per_ip: int, max_connections: int | None,
                  clock: Callable[[], float]):
         self.max_unauthenticated = max_unauthenticated
         self.max_per_ip = max_per_ip
         self.max_connections = max_connections  # None: no cap on open connections
-        self.open: set[Hashable] = set()
-        self.pending: dict[Hashable, str] = {}  # connection -> address, until it logs in or closes
-        self.by_ip: Counter[str] = Counter()
+        self.open: dict[Hashable, str] = {}  # connection -> address, while open
+        self.pending: set[Hashable] = set()  # let through, and not logged in yet
+        self.by_ip: Counter[str] = Counter()  # of the pending
         self.refusals = EverySecond(log, clock)
 
     def connected(self, conn: Hashable, ip: str) -> bool:
@@ -55,21 +60,22 @@ class Admission:
             self.refusals(logging.WARNING, "refusing new connections: %d open, the most this process can hold "
                                            "(raise the open-file limit, ulimit -n, to allow more)", len(self.open))
             return False
-        self.open.add(conn)
-        self.pending[conn] = ip
-        self.by_ip[ip] += 1
+        self.open[conn] = ip
         return True
 
     def over_cap(self, conn: Hashable) -> str | None:
-        """Why this not-yet-logged-in connection must be refused, or None."""
-        ip = self.pending.get(conn)
-        if ip is None:
+        """Why this connection's opening handshake must be refused, or None: it is let through, and waits to log
+        in from now on."""
+        ip = self.open.get(conn)
+        if ip is None or conn in self.pending:
             return None
-        if self.max_unauthenticated and len(self.pending) > self.max_unauthenticated:
+        if self.max_unauthenticated and len(self.pending) >= self.max_unauthenticated:
             why = f"more than {self.max_unauthenticated} connections are waiting to log in"
-        elif self.max_per_ip and self.by_ip[ip] > self.max_per_ip:
+        elif self.max_per_ip and self.by_ip[ip] >= self.max_per_ip:
             why = f"more than {self.max_per_ip} connections from {ip} are waiting to log in"
         else:
+            self.pending.add(conn)
+            self.by_ip[ip] += 1
             return None
         self.refusals(logging.WARNING, "refusing new connections: %s", why)
         return why
@@ -78,12 +84,13 @@ class Admission:
         self._unpend(conn)
 
     def disconnected(self, conn: Hashable) -> None:
-        self.open.discard(conn)
         self._unpend(conn)
+        self.open.pop(conn, None)
 
     def _unpend(self, conn: Hashable) -> None:
-        ip = self.pending.pop(conn, None)
-        if ip is not None:
+        if conn in self.pending:
+            self.pending.discard(conn)
+            ip = self.open[conn]
             self.by_ip[ip] -= 1
             if not self.by_ip[ip]:
                 del self.by_ip[ip]

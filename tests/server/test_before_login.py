@@ -147,6 +147,22 @@ async def test_connections_waiting_to_log_in_are_capped_per_address_and_overall(
             await p.close()
 
 
+async def test_connections_not_yet_through_their_handshake_do_not_count_against_the_caps():
+    """In a storm thousands are accepted before their requests are read. Only those let through count, in the
+    order their requests come, so the caps refuse the surplus and not everyone."""
+    async with running_server(max_unauthenticated=2, max_unauthenticated_per_ip=2) as srv:
+        silent = [await asyncio.open_connection("127.0.0.1", srv.port) for _ in range(5)]  # no request yet
+        await eventually(lambda: len(srv.admission.open) == 5)
+        waiting = [await Peer.connect(srv.url, f"a{i}", hello=False) for i in range(2)]  # let through
+        with pytest.raises(InvalidStatus) as refused:
+            await connect(srv.url, ping_interval=None)  # a third waiting to log in is one too many
+        assert refused.value.response.status_code == 503
+        for peer in waiting:
+            assert (await peer.hello())["type"] == "connection_established"
+        for _, writer in silent:
+            writer.close()
+
+
 def _low_fd_limit(soft: int, hard: int):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
