@@ -42,7 +42,7 @@ class Admission:
     A connection waits to log in from when its opening handshake is let through until it logs in or closes; one
     still on its way there (accepted, its request not yet read) does not count. So the caps let requests through
     in the order they come: when every accepted connection counted, a storm of 5,000 reconnecting clients always
-    had more than 256 accepted, and a server at its default cap refused every one of them, for good."""
+    had more than 256 accepted, and a server at its default cap refused every one of them, again and again."""
 
     def __init__(self, *, max_unauthenticated: int, max_per_ip: int, max_connections: int | None,
                  clock: Callable[[], float]):

@@ -49,7 +49,7 @@ class LoginTurns:
         n = max(1, int(self.budget / self._cost))
         while n and self._waiting:
             turn = self._waiting.popleft()
-            if not turn.done():  # a login whose connection went away while it waited was cancelled
+            if not turn.done():  # cancelled: its task was (the server is stopping)
                 turn.set_result(None)
                 n -= 1
         if self._waiting:
