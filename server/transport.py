@@ -52,6 +52,7 @@ class _Connection(ServerConnection):
         self.owner = owner
         self.write_cap = PRE_LOGIN_WRITE_LIMIT
         self.protocol.max_message_size = PRE_LOGIN_READ_LIMIT
+        self.hello_by = 0.0  # the loop time by which a hello must have succeeded, with a hello timeout
 
     def logged_in(self) -> None:
         self.write_cap = WRITE_LIMIT
@@ -221,7 +222,8 @@ class SignalingServer:
         self._apply(self.hub.open(ws, loop.time(), addr[0] if isinstance(addr, tuple) and addr else None,
                                   self._nonces.pop(ws, "")))
         if self.hub.config.hello_timeout:
-            self._hello_timers[ws] = loop.call_later(self.hub.config.hello_timeout, self._hello_due, ws)
+            ws.hello_by = loop.time() + self.hub.config.hello_timeout
+            self._hello_timers[ws] = loop.call_at(ws.hello_by, self._hello_due, ws)
         keepalive = asyncio.create_task(self._keepalive(ws)) if self.hub.config.ping_interval else None
         try:
             async for raw in ws:
@@ -265,10 +267,11 @@ class SignalingServer:
         hello does not count the wait, which is the server's and not the client's."""
         timer = self._hello_timers.get(ws)
         if timer is not None:
-            timer.cancel()
+            timer.cancel()  # a handle, not always a TimerHandle: qasync's have no when()
         waited = await self._turns.wait()
         if timer is not None:
-            self._hello_timers[ws] = asyncio.get_running_loop().call_at(timer.when() + waited, self._hello_due, ws)
+            ws.hello_by += waited
+            self._hello_timers[ws] = asyncio.get_running_loop().call_at(ws.hello_by, self._hello_due, ws)
 
     async def _keepalive(self, ws: ServerConnection) -> None:
         """Ping every ping_interval; a pong later than ping_timeout means a dead peer. Its TCP connection is
