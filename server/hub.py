@@ -38,7 +38,7 @@ RING_SLACK = 5.0  # in a cluster, seconds the callee's node lets a call ring pas
 HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
 HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
 PRESENCE_BATCH_BYTES = 64 * 1024  # a presence_batch frame is cut before it grows past this
-TICK_CONNECTIONS, MAX_TICK = 250, 1.0  # the presence tick grows with the connections (Hub._tick)
+TICK_CONNECTIONS, MAX_TICK = 1000, 0.5  # the presence tick grows with the connections (Hub._tick)
 
 
 # ---- what the hub asks the transport to do, in order ----
