@@ -7,6 +7,7 @@ import hashlib
 import heapq
 import hmac
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -38,7 +39,7 @@ RING_SLACK = 5.0  # in a cluster, seconds the callee's node lets a call ring pas
 HISTORY_LINES = 50  # a channel's latest messages, sent to each new member after `joined`
 HISTORY_BYTES = 32 * 1024  # ... and at most this much of them
 PRESENCE_BATCH_BYTES = 64 * 1024  # a presence_batch frame is cut before it grows past this
-TICK_CONNECTIONS, MAX_TICK = 1000, 0.5  # the presence tick grows with the connections (Hub._tick)
+TICK_CONNECTIONS, MAX_TICK = 250, 1.0  # ticks are spaced out as the connections grow (Hub._tick)
 
 
 # ---- what the hub asks the transport to do, in order ----
@@ -253,6 +254,7 @@ class Hub:
         self._out: list[Action] = []
         self._presence: dict[str, p.UserInfo] = {}  # changes not yet sent: user -> its latest, in first-change order
         self._presence_at: float | None = None  # when they go out
+        self._ticked_at = -math.inf  # when the last tick sent changes
         self._now = 0.0  # the time of the event being handled
         # Every user as the clients were last told it (its UserInfo, encoded), kept up to date by each tick: a
         # welcome's list is built from it once a tick, not from every session at every login.
@@ -1284,11 +1286,13 @@ class Hub:
         self._tick()
 
     def _tick(self) -> None:
-        """What changed goes out at the next presence tick: presence_tick long, and as long again for every
-        TICK_CONNECTIONS connections past the first (at most MAX_TICK), since a tick costs a frame to each."""
+        """What changed goes out at the next presence tick: presence_tick after the first change, but no sooner
+        after the last tick than presence_tick for every TICK_CONNECTIONS connections (at most MAX_TICK), since
+        a tick costs a frame to each. So a change in a quiet spell goes out at once, and a storm's in few ticks."""
         if self._presence_at is None and self.config.presence_tick > 0:
-            tick = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
-            self._presence_at = self._now + min(tick, max(MAX_TICK, self.config.presence_tick))
+            gap = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
+            gap = min(gap, max(MAX_TICK, self.config.presence_tick))
+            self._presence_at = max(self._now + self.config.presence_tick, self._ticked_at + gap)
             self._due(self._presence_at, "presence", "")
 
     def _flush_presence(self) -> None:
@@ -1299,6 +1303,7 @@ class Hub:
         if not changes:
             return
         self._snapshot = None  # the next login's user list is built afresh
+        self._ticked_at = self._now
         entries = _tell(self._roster, changes)
         batch, single = [], []
         for o in self.sessions.values():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.hub import Broadcast, Close, Hub, HubConfig, Send
+from server.hub import TICK_CONNECTIONS, Broadcast, Close, Hub, HubConfig, Send
 
 
 def deliver(a, inbox: dict[str, list[dict]], closed: dict[str, int]) -> bool:
@@ -473,4 +473,28 @@ def test_presence_of_one_tick_goes_out_once_per_connection_in_order_and_old_clie
     assert ann == [("ben", "in_call"), ("cat", "offline")]  # ann is an older client: all but her own change
     w.advance(1)
     assert w.take("new") == [] and w.hub.next_deadline() is None  # nothing more pending
+    w.hub.check_invariants()
+
+
+def test_a_change_in_a_quiet_spell_goes_out_at_once_and_a_storm_in_ticks_spaced_by_the_connections():
+    """A change goes out presence_tick after it, but no sooner after the last tick than presence_tick per
+    TICK_CONNECTIONS connections: each tick costs a frame to every connection."""
+    w = Wire(presence_tick=0.05)
+    w.open("new")
+    w.send("new", type="hello", protocol=1, user_id="new", display_name="New", presence_batch=True)
+    for i in range(2 * TICK_CONNECTIONS - 1):  # 500 connections in all, not logged in: a gap of 100 ms
+        w.open(f"idle{i}")
+    w.advance(0.05)  # new's own tick
+    w.advance(1)  # then a quiet spell
+    w.take("new")
+    w.login("ann")  # after a quiet spell: out after presence_tick, not after the gap
+    w.advance(0.04)
+    assert w.take("new") == []
+    w.advance(0.02)
+    assert [u["user_id"] for u in w.take("new")[0]["users"]] == ["ann"]
+    w.login("ben")  # right after that tick: not before the gap has passed since it
+    w.advance(0.08)
+    assert w.take("new") == []
+    w.advance(0.03)
+    assert [u["user_id"] for u in w.take("new")[0]["users"]] == ["ben"]
     w.hub.check_invariants()
