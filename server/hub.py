@@ -1288,7 +1288,7 @@ class Hub:
     def _tick(self) -> None:
         """What changed goes out at the next presence tick: presence_tick after the first change, but no sooner
         after the last tick than presence_tick for every TICK_CONNECTIONS connections (at most MAX_TICK), since
-        a tick costs a frame to each. So a change in a quiet spell goes out at once, and a storm's in few ticks."""
+        a tick costs a frame to each. So a change in a quiet spell waits presence_tick, a storm few ticks."""
         if self._presence_at is None and self.config.presence_tick > 0:
             gap = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
             gap = min(gap, max(MAX_TICK, self.config.presence_tick))
