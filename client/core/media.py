@@ -4,6 +4,7 @@ screen while it is shared, sent through every peer connection's share slot."""
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Hashable
 
@@ -73,6 +74,7 @@ class LocalMedia:
         self._speaker: Speaker | None = None
         self._speaker_users = 0
         self._screen: VideoTrack | None = None  # the shared screen, while it is shared
+        self._share_clock: float | None = None  # when the first share began: every share's timestamps count from it
         self._camera_in_use: str | None = None  # the id of the camera the video track reads, if one
         self._slots: weakref.WeakSet[ShareSlot] = weakref.WeakSet()  # every live peer connection's
 
@@ -267,7 +269,10 @@ class LocalMedia:
                 if why is not None:
                     return why
                 source = capture(target, on_end)
-            self._screen = VideoTrack(source, size=(SHARE_MAX_SIDE, SHARE_MAX_SIDE))
+            # A slot's encoder refuses a frame stamped before its first (libvpx: "pts is smaller than initial pts"),
+            # and then its sender stops for good: a second share goes on from the first one's clock, not from 0.
+            self._share_clock = self._share_clock or time.time()
+            self._screen = VideoTrack(source, size=(SHARE_MAX_SIDE, SHARE_MAX_SIDE), clock_from=self._share_clock)
             for slot in list(self._slots):
                 slot.attach(self._relay.subscribe(self._screen, buffered=False))
             log.info("screen shared")

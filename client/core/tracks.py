@@ -251,8 +251,10 @@ class VideoTrack(VideoStreamTrack):
 
     kind = "video"
 
-    def __init__(self, source, size: tuple[int, int] = (640, 480)) -> None:
+    def __init__(self, source, size: tuple[int, int] = (640, 480), *, clock_from: float | None = None) -> None:
         super().__init__()
+        if clock_from is not None:  # a clock that a track before this one ran on: its timestamps go on rising
+            self._start = clock_from
         self.size = size
         self.source = source
         source.resize(*size)
@@ -286,9 +288,7 @@ class VideoTrack(VideoStreamTrack):
         """A timestamp for a frame that arrived on its own clock (a camera), on the track's 90 kHz clock."""
         if not hasattr(self, "_start"):
             self._start = time.time()
-            self._timestamp = 0
-        else:
-            self._timestamp = int((time.time() - self._start) * 90_000)
+        self._timestamp = int((time.time() - self._start) * 90_000)
         return self._timestamp, fractions.Fraction(1, 90_000)
 
     def stop(self) -> None:

@@ -5,6 +5,8 @@ import asyncio
 import json
 import threading
 
+import av
+import numpy as np
 import pytest
 
 from client.core import events as ev
@@ -105,6 +107,49 @@ async def test_a_share_stops_and_starts_again_mid_call_on_both_sides(busy_server
             await alice.until(lambda: not alice.engine.sessions)
             alice.engine.share_screen(False)
             await alice.until(lambda: capture_threads() == 0, 3)
+
+
+class Frames:
+    """A share source that makes grey frames as fast as they are asked for, on its own clock like a capture."""
+
+    own_clock, name = True, "frames"
+
+    def __init__(self):
+        self.stopped = False
+
+    def resize(self, width, height):
+        pass
+
+    async def next_frame(self):
+        await asyncio.sleep(0.01)
+        return av.VideoFrame.from_ndarray(np.full((48, 64, 3), 128, np.uint8), format="rgb24")
+
+    def stop(self):
+        self.stopped = True
+
+
+async def test_a_second_share_is_stamped_after_the_first_so_the_slots_encoder_takes_it():
+    """Every share is stamped on one clock: a second share stamped from 0 again is refused by the VP8 encoder of a
+    slot whose first frame came after the first share's first (libvpx: pts before the initial pts), and that slot's
+    sender then stops for good; the 1:1 share-again test above failed so, now and then, in CI."""
+
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from client.core.media import LocalMedia
+
+    media = LocalMedia(tone_hz=440)
+    slot, encoder, stamps = media.share_slot(), Vp8Encoder(), []
+    for share in range(2):
+        assert media.start_sharing(source=Frames()) is None
+        for n in range(5):
+            frame = await asyncio.wait_for(slot.recv(), 2)
+            stamps.append(frame.pts)
+            if share or n:  # the encoder's first frame is not the share's: a call that began mid-share
+                encoder.encode(frame)  # av.error.InvalidDataError on a frame stamped before the encoder's first
+        media.stop_sharing()
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), stamps
+    slot.stop()
+    media.close()
 
 
 async def test_a_shared_window_is_followed_and_its_closing_ends_the_share_on_both_sides(busy_server, monkeypatch):
