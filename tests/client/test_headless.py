@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from tests.support import running_server
+from tests.support import BUSY, running_server
 
 
 async def headless(url, user, *args, report=None, env=None):
@@ -23,7 +23,7 @@ async def finish(proc, timeout=40):
 
 
 async def test_two_headless_clients_hear_each_other(tmp_path):
-    async with running_server() as srv:
+    async with running_server(**BUSY) as srv:  # two processes encoding video: the tests' 100 ms ping cut them off
         bob = await headless(srv.url, "bob", "--auto-answer", "--tone", "660", "--video", report=tmp_path / "b.json")
         alice = await headless(srv.url, "alice", "--call", "bob", "--tone", "440", "--video", "--duration", "3",
                                report=tmp_path / "a.json")

@@ -107,10 +107,14 @@ def test_reject_busy_no_answer_and_missed(qtbot, qloop, tmp_path):
 
 def test_reconnect_banner_while_a_call_stays_up(qtbot, qloop, tmp_path):
     from server import HubConfig, SignalingServer
-    from tests.support import FAST
+    from tests.support import BUSY, FAST
+
+    # Two windows, a video call and the server share one loop: the tests' 100 ms ping would cut them off.
+    keepalive = dict(ping_interval=BUSY["ping_interval"], resume_grace=BUSY["resume_grace"])
 
     async def scenario():
-        srv = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, "resume_grace": 5}), ping_timeout=0.1)
+        srv = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **keepalive}),
+                              ping_timeout=BUSY["ping_timeout"])
         await srv.start()
         port = srv.port
         alice, bob = await online_pair(tmp_path, srv.url)
@@ -129,7 +133,8 @@ def test_reconnect_banner_while_a_call_stays_up(qtbot, qloop, tmp_path):
             await asyncio.sleep(1.0)
             assert aw.call_page.remote.frames > frames + 10, "video stopped while the server was away"
             shot(aw, "reconnecting")
-            srv = SignalingServer("127.0.0.1", port, config=HubConfig(**FAST), ping_timeout=0.1)
+            srv = SignalingServer("127.0.0.1", port, config=HubConfig(**{**FAST, **keepalive}),
+                                  ping_timeout=BUSY["ping_timeout"])
             await srv.start()
             await until(lambda: not aw.banner.isVisible() and not bw.banner.isVisible(), 10, "the banner to go")
             assert aw.call_page.state == "active" and aw.stack.currentWidget() is aw.call_page
