@@ -1286,13 +1286,14 @@ class Hub:
         self._tick()
 
     def _tick(self) -> None:
-        """What changed goes out at the next presence tick: presence_tick after the first change, but no sooner
-        after the last tick than presence_tick for every TICK_CONNECTIONS connections (at most MAX_TICK), since
-        a tick costs a frame to each. So a change in a quiet spell waits presence_tick, a storm few ticks."""
+        """What changed goes out at the next presence tick: at once, but no sooner after the last tick than
+        presence_tick for every TICK_CONNECTIONS connections (at least presence_tick, at most MAX_TICK), since a
+        tick costs a frame to each. So a change in a quiet spell goes out on the next pass of the loop (after the
+        rest of the event that made it: an accept's two parties share a frame), and a storm's in few ticks."""
         if self._presence_at is None and self.config.presence_tick > 0:
             gap = self.config.presence_tick * max(1.0, len(self.conns) / TICK_CONNECTIONS)
             gap = min(gap, max(MAX_TICK, self.config.presence_tick))
-            self._presence_at = max(self._now + self.config.presence_tick, self._ticked_at + gap)
+            self._presence_at = max(self._now, self._ticked_at + gap)
             self._due(self._presence_at, "presence", "")
 
     def _flush_presence(self) -> None:
