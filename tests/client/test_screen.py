@@ -138,9 +138,9 @@ async def test_a_second_share_is_stamped_after_the_first_so_the_slots_encoder_ta
     from client.core.media import LocalMedia
 
     media = LocalMedia(tone_hz=440)
-    slot, encoder, stamps = media.share_slot(), Vp8Encoder(), []
-    for share in range(2):
-        assert media.start_sharing(source=Frames()) is None
+    slot, encoder, stamps, sources = media.share_slot(), Vp8Encoder(), [], [Frames(), Frames()]
+    for share, source in enumerate(sources):
+        assert media.start_sharing(source=source) is None
         for n in range(5):
             frame = await asyncio.wait_for(slot.recv(), 2)
             stamps.append(frame.pts)
@@ -148,6 +148,7 @@ async def test_a_second_share_is_stamped_after_the_first_so_the_slots_encoder_ta
                 encoder.encode(frame)  # av.error.InvalidDataError on a frame stamped before the encoder's first
         media.stop_sharing()
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps), stamps
+    assert all(s.stopped for s in sources)  # each share's capture ended with it
     slot.stop()
     media.close()
 
