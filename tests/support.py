@@ -19,10 +19,15 @@ FAST = dict(ping_interval=100 * MS, resume_grace=500 * MS, ring_timeout=1000 * M
 BUSY = dict(ping_timeout=2.0, ping_interval=1.0, resume_grace=5.0)
 
 
+def new_server(port: int = 0, *, ping_timeout: float = 100 * MS, bindings=None, **config: Any) -> SignalingServer:
+    """A server on loopback (not started yet) with the tests' keepalive and grace (FAST), unless `config` says."""
+    return SignalingServer("127.0.0.1", port, config=HubConfig(**{**FAST, **config}), ping_timeout=ping_timeout,
+                           bindings=bindings)
+
+
 @contextlib.asynccontextmanager
 async def running_server(ping_timeout: float = 100 * MS, bindings=None, **config: Any):
-    server = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **config}), ping_timeout=ping_timeout,
-                             bindings=bindings)
+    server = new_server(ping_timeout=ping_timeout, bindings=bindings, **config)
     await server.start()
     try:
         yield server

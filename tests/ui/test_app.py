@@ -106,15 +106,10 @@ def test_reject_busy_no_answer_and_missed(qtbot, qloop, tmp_path):
 
 
 def test_reconnect_banner_while_a_call_stays_up(qtbot, qloop, tmp_path):
-    from server import HubConfig, SignalingServer
-    from tests.support import BUSY, FAST
-
-    # Two windows, a video call and the server share one loop: the tests' 100 ms ping would cut them off.
-    keepalive = dict(ping_interval=BUSY["ping_interval"], resume_grace=BUSY["resume_grace"])
+    from tests.support import BUSY, new_server
 
     async def scenario():
-        srv = SignalingServer("127.0.0.1", 0, config=HubConfig(**{**FAST, **keepalive}),
-                              ping_timeout=BUSY["ping_timeout"])
+        srv = new_server(**BUSY)  # two windows, a video call and the server on one loop: 100 ms pings cut them off
         await srv.start()
         port = srv.port
         alice, bob = await online_pair(tmp_path, srv.url)
@@ -133,8 +128,7 @@ def test_reconnect_banner_while_a_call_stays_up(qtbot, qloop, tmp_path):
             await asyncio.sleep(1.0)
             assert aw.call_page.remote.frames > frames + 10, "video stopped while the server was away"
             shot(aw, "reconnecting")
-            srv = SignalingServer("127.0.0.1", port, config=HubConfig(**{**FAST, **keepalive}),
-                                  ping_timeout=BUSY["ping_timeout"])
+            srv = new_server(port, **BUSY)
             await srv.start()
             await until(lambda: not aw.banner.isVisible() and not bw.banner.isVisible(), 10, "the banner to go")
             assert aw.call_page.state == "active" and aw.stack.currentWidget() is aw.call_page
