@@ -482,9 +482,16 @@ class Cluster:
                         elif b"c" in fields:
                             self.apply(self.hub.room_frame(fields[b"c"].decode(), fields[b"t"].decode(), now))
                         else:
-                            # (a node first heard of here is met at the next heartbeat, which tells it ours)
-                            self.apply(self.hub.remote_presence(fields[b"n"].decode(), decode_members(fields[b"m"]),
-                                                                now, full=b"s" in fields))
+                            node = fields[b"n"].decode()
+                            if node not in self._nodes:
+                                # A node first heard of here is met now, not at the next heartbeat: before a user
+                                # here can call one there, that node must know ours, or it drops the call. (If
+                                # Redis fails meanwhile, the heartbeat meets it, as before.)
+                                with contextlib.suppress(OSError, TimeoutError, _RedisError):
+                                    await self._check_nodes({node})
+                                now = asyncio.get_running_loop().time()
+                            self.apply(self.hub.remote_presence(node, decode_members(fields[b"m"]), now,
+                                                                full=b"s" in fields))
                     except (KeyError, ValueError, TypeError, p.ProtocolError) as exc:
                         log.warning("skipped a malformed entry %s in %s: %s", entry_id, self._inbox, exc)
                     except Exception:  # a bug: the entry is skipped, the node reads on

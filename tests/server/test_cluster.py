@@ -87,6 +87,29 @@ async def test_presence_and_a_call_across_nodes(redis):
             hub.check_invariants()
 
 
+async def test_a_node_that_hears_of_another_before_its_heartbeat_meets_it_tells_it_its_users(redis):
+    """Node a's heartbeat has not met node b yet, but b's presence reached a's inbox: a's users can see b's and
+    call them. So a tells b its users as it hears of it; else b, not knowing the caller, dropped the call."""
+    import redis as redis_py
+
+    async with node(redis.url) as a:
+        await eventually(lambda: a.cluster.resyncs == 1, 5.0)
+        a.cluster.heartbeat, a.cluster.ttl = 30.0, 60.0  # from its next beat on, a looks for other nodes no more
+        r = redis_py.Redis.from_url(redis.url)
+        try:
+            await eventually(lambda: r.pttl(a.cluster.key("node", a.cluster.node)) > 10_000, 5.0)
+        finally:
+            r.close()
+        async with node(redis.url) as b:
+            await eventually(lambda: a.cluster.node in b.cluster._nodes, 5.0)  # b met a; a, with no heartbeat
+            alice = await Peer.connect(a.url, "alice")
+            bob = await Peer.connect(b.url, "bob")
+            await online(alice, "bob")
+            await alice.call(bob, "x1")
+            await online(bob, "alice", "in_call")  # and what changes on a from then on reaches b
+            assert b.cluster.node in a.cluster._nodes and a.cluster.resyncs == 1  # met from the inbox
+
+
 async def test_busy_ring_timeout_and_offline_across_nodes(redis):
     async with two_nodes(redis.url) as (a, b):
         alice, dave = await Peer.connect(a.url, "alice"), await Peer.connect(a.url, "dave")
